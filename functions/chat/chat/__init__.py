@@ -1,0 +1,1 @@
+"""Streams an OpenAI-compatible model's answer as Server-Sent Events, on Lambda or uvicorn."""

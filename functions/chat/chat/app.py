@@ -1,0 +1,196 @@
+"""The FastAPI application: routes, access control, limits and the error shape.
+
+Every error a client can cause or see is JSON `{"error": "..."}`; the stream
+itself is handed to `relay.ChatStream` once the request is known to be valid.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from .chat_request import BadRequest, parse_chat_request
+from .config import Settings
+from .headers import SecurityHeaders
+from .observability import logger
+from .relay import ChatStream, error_response
+from .secrets import SecretSource, SecretUnavailable
+from .upstream import Upstream
+
+_CHAT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {
+                        "message": {"type": "string", "minLength": 1},
+                        "history": {
+                            "type": "array",
+                            "description": "Earlier turns, oldest first, sent before the message.",
+                            "items": {
+                                "type": "object",
+                                "required": ["role", "content"],
+                                "properties": {
+                                    "role": {"type": "string", "enum": ["user", "assistant", "system"]},
+                                    "content": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "`event:message` per delta, then `data:[DONE]`; `event:error` on failure.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **{
+            str(status): {
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+            for status, description in [
+                (400, "Invalid request body"),
+                (401, "Missing or wrong bearer token"),
+                (413, "Request body too large"),
+                (429, "The model is rate limited (Retry-After when it said)"),
+                (502, "The model refused or failed"),
+                (503, "A secret could not be read"),
+                (504, "The model did not answer in time"),
+            ]
+        },
+    },
+}
+
+
+class _BearerToken:
+    """Checks `Authorization: Bearer <token>` against a secret, in constant time."""
+
+    def __init__(self, token: SecretSource) -> None:
+        self._token = token
+
+    async def rejection(self, request: Request) -> Response | None:
+        try:
+            expected = (await self._token.get()).encode()
+        except SecretUnavailable as error:
+            return error_response(503, str(error))
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), expected):
+            return None
+        return error_response(401, "Missing or invalid bearer token.", {"www-authenticate": "Bearer"})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it as soon as it is known to exceed `limit` bytes."""
+    too_large = BadRequest(f"Request body too large: the limit is {limit} bytes.", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise too_large
+        parts.append(part)
+    return b"".join(parts)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    api_key = SecretSource(
+        value=settings.openai_api_key,
+        secret_id=settings.openai_api_key_secret_id,
+        json_field="OPENAI_API_KEY",
+        ttl=settings.secret_cache_seconds,
+    )
+    upstream = Upstream(settings, api_key)
+    auth = (
+        _BearerToken(
+            SecretSource(secret_id=settings.auth_token_secret_id, json_field="token", ttl=settings.secret_cache_seconds)
+        )
+        if settings.auth_token_secret_id
+        else None
+    )
+
+    app = FastAPI(
+        title="chat-stream",
+        summary="Streams an OpenAI-compatible model's answer as Server-Sent Events.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.upstream = upstream
+
+    @app.post("/api/chat/stream", response_class=ChatStream, openapi_extra=_CHAT_OPENAPI)
+    async def chat_stream(request: Request) -> Response:
+        """Stream the model's answer to `message`, with `history` as earlier turns."""
+        if auth is not None:
+            rejection = await auth.rejection(request)
+            if rejection is not None:
+                return rejection
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+            chat = parse_chat_request(body, max_history_turns=settings.max_history_turns)
+        except BadRequest as error:
+            return error_response(error.status, error.message)
+        return ChatStream(chat, upstream, settings)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: answers without calling the model."""
+        return {"status": "ok"}
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        return error_response(error.status_code, str(error.detail), dict(error.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        return error_response(400, "Invalid request")
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> Response:
+        logger.exception("unhandled error")
+        return error_response(500, "Internal server error")
+
+    app.openapi_schema = None
+    app.add_middleware(SecurityHeaders)
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            max_age=600,
+        )
+    _add_error_schema(app)
+    return app
+
+
+def _add_error_schema(app: FastAPI) -> None:
+    """Declare the `{"error": "..."}` shape once, so every documented error refers to it."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {})["Error"] = {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,76 @@
+"""Parsing and validating the body of `POST /api/chat/stream`.
+
+Validation is hand-written rather than a pydantic model because the contract fixes
+the error body byte for byte (`{"error":"Invalid request body"}`) for every shape
+of bad input, and FastAPI's validation errors would echo the input back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+ROLES = frozenset({"user", "assistant", "system"})
+INVALID_BODY = "Invalid request body"
+
+
+class BadRequest(ValueError):
+    """The client sent a body the service will not forward; the message is safe to show."""
+
+    def __init__(self, message: str = INVALID_BODY, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    message: str
+    history: tuple[Turn, ...] = ()
+
+    def openai_messages(self) -> list[dict[str, str]]:
+        """The conversation as the Chat Completions API wants it: history, then the message."""
+        turns = [{"role": turn.role, "content": turn.content} for turn in self.history]
+        turns.append({"role": "user", "content": self.message})
+        return turns
+
+
+def _turn(item: object, index: int) -> Turn:
+    if not isinstance(item, dict):
+        raise BadRequest(f"history[{index}] must be an object with role and content")
+    role, content = item.get("role"), item.get("content")
+    if role not in ROLES:
+        raise BadRequest(f"history[{index}].role must be one of: assistant, system, user")
+    if not isinstance(content, str):
+        raise BadRequest(f"history[{index}].content must be a string")
+    return Turn(role=str(role), content=content)
+
+
+def parse_chat_request(body: bytes, *, max_history_turns: int) -> ChatRequest:
+    """Turn raw body bytes into a ChatRequest, or raise BadRequest with a client-safe message."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest() from None
+    if not isinstance(data, dict):
+        raise BadRequest()
+    message = data.get("message")
+    if not isinstance(message, str) or not message:
+        raise BadRequest()
+    history = data.get("history")
+    if history is None:
+        return ChatRequest(message=message)
+    if not isinstance(history, list):
+        raise BadRequest("history must be a list of {role, content} objects")
+    if len(history) > max_history_turns:
+        raise BadRequest(
+            f"history has {len(history)} turns; the limit is {max_history_turns}. "
+            "Drop or summarise older turns and try again."
+        )
+    return ChatRequest(message=message, history=tuple(_turn(item, i) for i, item in enumerate(history)))

@@ -1,0 +1,95 @@
+"""Every setting the service reads, with its typed default, in one place.
+
+Settings come from environment variables only, so the same code runs under
+uvicorn, `sam local` and Lambda; nothing else in the package reads `os.environ`
+for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def _text(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, "").strip() or default
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    value = _number(env, name, default, minimum=minimum)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {env[name]!r}")
+    return int(value)
+
+
+def _optional_whole(env: Mapping[str, str], name: str) -> int | None:
+    return _whole(env, name, 0, minimum=1) if env.get(name, "").strip() else None
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service configuration; `Settings.from_env()` is the only constructor code uses."""
+
+    # Upstream model.
+    openai_api_key: str = field(default="", repr=False)
+    openai_api_key_secret_id: str = ""
+    openai_base_url: str = ""
+    openai_model: str = "gpt-4o"
+    openai_max_tokens: int | None = None
+    openai_max_retries: int = 0
+    connect_timeout: float = 10.0
+    first_token_timeout: float = 120.0
+    idle_timeout: float = 30.0
+    # Client-facing limits.
+    max_body_bytes: int = 64 * 1024
+    max_history_turns: int = 50
+    heartbeat_seconds: float = 15.0
+    deadline_margin_seconds: float = 2.0
+    # Access control.
+    auth_token_secret_id: str = ""
+    cors_allow_origins: tuple[str, ...] = ()
+    secret_cache_seconds: int = 300
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            openai_api_key=_text(env, "OPENAI_API_KEY"),
+            openai_api_key_secret_id=_text(env, "OPENAI_API_KEY_SECRET_ID"),
+            openai_base_url=_text(env, "OPENAI_BASE_URL"),
+            openai_model=_text(env, "OPENAI_MODEL", cls.openai_model),
+            openai_max_tokens=_optional_whole(env, "OPENAI_MAX_TOKENS"),
+            openai_max_retries=_whole(env, "OPENAI_MAX_RETRIES", cls.openai_max_retries),
+            connect_timeout=_number(env, "OPENAI_CONNECT_TIMEOUT", cls.connect_timeout, minimum=0.001),
+            first_token_timeout=_number(env, "OPENAI_FIRST_TOKEN_TIMEOUT", cls.first_token_timeout, minimum=0.001),
+            idle_timeout=_number(env, "OPENAI_IDLE_TIMEOUT", cls.idle_timeout, minimum=0.001),
+            max_body_bytes=_whole(env, "CHAT_MAX_BODY_BYTES", cls.max_body_bytes, minimum=16),
+            max_history_turns=_whole(env, "CHAT_MAX_HISTORY_TURNS", cls.max_history_turns),
+            heartbeat_seconds=_number(env, "CHAT_HEARTBEAT_SECONDS", cls.heartbeat_seconds, minimum=0.001),
+            deadline_margin_seconds=_number(env, "CHAT_DEADLINE_MARGIN_SECONDS", cls.deadline_margin_seconds),
+            auth_token_secret_id=_text(env, "CHAT_AUTH_TOKEN_SECRET_ID"),
+            cors_allow_origins=_origins(env, "CHAT_CORS_ALLOW_ORIGINS"),
+            secret_cache_seconds=_whole(env, "CHAT_SECRET_CACHE_SECONDS", cls.secret_cache_seconds),
+        )

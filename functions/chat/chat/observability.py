@@ -1,0 +1,66 @@
+"""Structured logs and CloudWatch metrics (Powertools), shared by every entry point.
+
+Metrics are buffered in-process and written as EMF lines by `flush()`; the Lambda
+runtime loop flushes after each invocation (decorators on the handler would never
+run on the streaming path), and the local server flushes after each stream.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "chat-stream")
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ChatStream")
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+
+
+@dataclass
+class StreamOutcome:
+    """What one chat stream did, for metrics and the access log line."""
+
+    status: int = 0
+    first_token_seconds: float | None = None
+    duration_seconds: float = 0.0
+    events: int = 0
+    error_kind: str | None = None
+    client_disconnected: bool = False
+
+
+def record(outcome: StreamOutcome) -> None:
+    metrics.add_metric(name="Streams", unit=MetricUnit.Count, value=1)
+    if outcome.first_token_seconds is not None:
+        metrics.add_metric(
+            name="TimeToFirstToken",
+            unit=MetricUnit.Milliseconds,
+            value=round(outcome.first_token_seconds * 1000, 1),
+        )
+    metrics.add_metric(
+        name="StreamDuration", unit=MetricUnit.Milliseconds, value=round(outcome.duration_seconds * 1000, 1)
+    )
+    if outcome.error_kind is not None:
+        metrics.add_metric(name=f"UpstreamError.{outcome.error_kind}", unit=MetricUnit.Count, value=1)
+    if outcome.client_disconnected:
+        metrics.add_metric(name="ClientDisconnects", unit=MetricUnit.Count, value=1)
+    logger.info(
+        "chat stream finished",
+        status=outcome.status,
+        first_token_ms=None if outcome.first_token_seconds is None else round(outcome.first_token_seconds * 1000, 1),
+        duration_ms=round(outcome.duration_seconds * 1000, 1),
+        events=outcome.events,
+        error_kind=outcome.error_kind,
+        client_disconnected=outcome.client_disconnected,
+    )
+
+
+def flush() -> None:
+    """Write buffered metrics as EMF; a no-op when nothing was recorded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics.flush_metrics(raise_on_empty_metrics=False)

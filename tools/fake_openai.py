@@ -182,6 +182,7 @@ class FakeOpenAI:
         self._default = default or (lambda message: deltas(*demo_answer(message)))
         self._delay = delay
         self._scripts: dict[str, Sequence[Step]] = {}
+        self.api_keys: set[str] | None = None
         self.requests: list[RequestRecord] = []
         self.open_connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -295,6 +296,18 @@ class FakeOpenAI:
     def _steps_for(self, record: RequestRecord) -> Sequence[Step]:
         if record.method != "POST" or not record.path.endswith("/chat/completions"):
             return [openai_error(404, f"Unknown path {record.path}", "not_found")]
+        supplied = record.headers.get("authorization", "").removeprefix("Bearer ")
+        if self.api_keys is not None and supplied not in self.api_keys:
+            # OpenAI's real wording, which quotes a masked part of the key.
+            masked = f"{supplied[:8]}{'*' * 16}{supplied[-4:]}"
+            return [
+                openai_error(
+                    401,
+                    f"Incorrect API key provided: {masked}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                )
+            ]
         message = record.last_message
         return self._scripts.get(message) or self._default(message)
 

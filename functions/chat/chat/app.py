@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.upstream = upstream
 
-    @app.post("/api/chat/stream", response_class=ChatStream, openapi_extra=_CHAT_OPENAPI)
+    @app.post("/api/chat/stream", status_code=200, response_class=ChatStream, openapi_extra=_CHAT_OPENAPI)
     async def chat_stream(request: Request) -> Response:
         """Stream the model's answer to `message`, with `history` as earlier turns."""
         if auth is not None:

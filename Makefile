@@ -1,0 +1,38 @@
+# The two commands a newcomer needs are `make run` and `make test`; both install what
+# they need from the project's own files into virtualenvs (.venv, and .venv-sam for SAM CLI).
+PYTHON ?= python3
+VENV := .venv
+SAM_VENV := .venv-sam
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: run test lint typecheck unit bench load clean
+
+$(VENV)/.installed: requirements.txt functions/chat/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements.txt
+	touch $@
+
+$(SAM_VENV)/.installed: tests/requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install $(PIP_FLAGS) -r tests/requirements-sam.txt
+	touch $@
+
+## Serve the API on http://127.0.0.1:8080 (offline demo model when no key is configured).
+run: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.serve
+
+## Everything CI runs: lint, types, the whole test suite.
+test: lint typecheck unit
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+unit: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,149 @@
+"""Client input: the contract's bad bodies, size and history limits, routes, headers, CORS."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.support import AppServer, app_server, post_stream, settings_for, unique
+from tools.fake_openai import FakeOpenAI, deltas
+
+INVALID = b'{"error":"Invalid request body"}'
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not json",
+        b"{",
+        b"null",
+        b"[]",
+        b'["message"]',
+        b"42",
+        b'"hi"',
+        b"{}",
+        b'{"message": ""}',
+        b'{"message": null}',
+        b'{"message": 42}',
+        b'{"message": ["hi"]}',
+        b'{"message": {"text": "hi"}}',
+        b'{"msg": "hi"}',
+        b"\xff\xfe\x00garbage",
+        b"[" * 30000,
+    ],
+    ids=lambda content: content[:20].decode(errors="replace") or "empty",
+)
+def test_bad_bodies_get_the_contract_400(server: AppServer, content: bytes) -> None:
+    result = post_stream(server.url, content=content, headers={"content-type": "application/json"})
+    assert result.status == 400
+    assert result.headers["content-type"] == "application/json"
+    assert result.raw == INVALID
+
+
+def test_extra_fields_are_ignored(server: AppServer, fake: FakeOpenAI) -> None:
+    key = fake.script(unique(), deltas("ok"))
+    result = post_stream(server.url, {"message": key, "stream": False, "model": "other"})
+    assert result.events == [("message", "ok"), ("message", "[DONE]")]
+    assert fake.requests_for(key)[0].json["model"] == "fake-model"
+
+
+@pytest.mark.parametrize(
+    ("history", "needle"),
+    [
+        ("not a list", "history must be a list"),
+        ([{"role": "robot", "content": "x"}], "history[0].role"),
+        ([{"role": "user", "content": 3}], "history[0].content"),
+        ([{"role": "user", "content": "ok"}, "turn"], "history[1]"),
+    ],
+)
+def test_malformed_history_is_a_clear_400(server: AppServer, history: object, needle: str) -> None:
+    result = post_stream(server.url, {"message": "hi", "history": history})
+    assert result.status == 400
+    assert needle in json.loads(result.raw)["error"]
+
+
+def test_history_over_the_limit_is_refused_not_truncated(fake: FakeOpenAI) -> None:
+    history = [{"role": "user", "content": str(i)} for i in range(4)]
+    with app_server(settings_for(fake, max_history_turns=3)) as server:
+        result = post_stream(server.url, {"message": "hi", "history": history})
+    assert result.status == 400
+    assert json.loads(result.raw)["error"].startswith("history has 4 turns; the limit is 3.")
+
+
+def test_body_over_the_limit_is_413(fake: FakeOpenAI) -> None:
+    with app_server(settings_for(fake, max_body_bytes=1024)) as server:
+        result = post_stream(server.url, {"message": "x" * 2000})
+    assert result.status == 413
+    assert json.loads(result.raw) == {"error": "Request body too large: the limit is 1024 bytes."}
+
+
+def test_chunked_body_over_the_limit_is_413_without_reading_it_all(fake: FakeOpenAI) -> None:
+    sent = 0
+
+    def body() -> object:
+        nonlocal sent
+        for _ in range(1000):
+            sent += 1024
+            yield b"x" * 1024
+
+    with app_server(settings_for(fake, max_body_bytes=4096)) as server, httpx.Client() as client:
+        response = client.post(f"{server.url}/api/chat/stream", content=body())  # type: ignore[arg-type]
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("Request body too large")
+
+
+def test_healthz_answers_without_the_upstream(fake: FakeOpenAI) -> None:
+    before = len(fake.requests)
+    with app_server(settings_for(fake, openai_api_key="")) as server:
+        response = httpx.get(f"{server.url}/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert len(fake.requests) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/api/chat/stream", 405), ("POST", "/nowhere", 404), ("GET", "/docs", 404)],
+)
+def test_routing_errors_are_json(server: AppServer, method: str, path: str, status: int) -> None:
+    response = httpx.request(method, f"{server.url}{path}")
+    assert response.status_code == status
+    assert set(response.json()) == {"error"}
+
+
+def test_security_headers_on_errors_too(server: AppServer) -> None:
+    response = httpx.post(f"{server.url}/api/chat/stream", content=b"{}")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_openapi_documents_the_endpoint(server: AppServer) -> None:
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    operation = schema["paths"]["/api/chat/stream"]["post"]
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["required"] == ["message"]
+    assert "text/event-stream" in operation["responses"]["200"]["content"]
+
+
+def test_cors_is_off_by_default(server: AppServer) -> None:
+    response = httpx.options(
+        f"{server.url}/api/chat/stream",
+        headers={"origin": "https://example.com", "access-control-request-method": "POST"},
+    )
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_allows_only_configured_origins(fake: FakeOpenAI) -> None:
+    with app_server(settings_for(fake, cors_allow_origins=("https://app.example",))) as server:
+        allowed = httpx.options(
+            f"{server.url}/api/chat/stream",
+            headers={"origin": "https://app.example", "access-control-request-method": "POST"},
+        )
+        other = httpx.options(
+            f"{server.url}/api/chat/stream",
+            headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+        )
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in other.headers

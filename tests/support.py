@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 from httpx_sse import EventSource
 
 from chat.app import create_app
@@ -50,8 +51,8 @@ def unique(label: str = "script") -> str:
 class AppServer:
     """`create_app(settings)` served by uvicorn on a thread, as a real HTTP peer."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.app = create_app(settings)
+    def __init__(self, settings: Settings | None = None, *, app: FastAPI | None = None) -> None:
+        self.app = app if app is not None else create_app(settings)
         self.port = free_port()
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", timeout_keep_alive=30

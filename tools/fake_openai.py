@@ -138,6 +138,7 @@ class RequestRecord:
     headers: dict[str, str]
     body: bytes
     started: float
+    connection: int = 0
     client_closed: float | None = None
     finished: float | None = None
     closed_event: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -185,6 +186,7 @@ class FakeOpenAI:
         self.api_keys: set[str] | None = None
         self.requests: list[RequestRecord] = []
         self.open_connections = 0
+        self.connections_made = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -248,10 +250,12 @@ class FakeOpenAI:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open_connections += 1
+        self.connections_made += 1
+        connection = self.connections_made
         carried = b""
         try:
             while True:
-                keep_alive, carried = await self._one_request(reader, writer, carried)
+                keep_alive, carried = await self._one_request(reader, writer, carried, connection)
                 if not keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, _ClientGone):
@@ -262,7 +266,7 @@ class FakeOpenAI:
                 writer.close()
 
     async def _one_request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, carried: bytes
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, carried: bytes, connection: int
     ) -> tuple[bool, bytes]:
         """Serve one request; returns (keep the connection, bytes already read of the next)."""
         try:
@@ -277,7 +281,7 @@ class FakeOpenAI:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
-        record = RequestRecord(method, path, headers, body, started=time.monotonic())
+        record = RequestRecord(method, path, headers, body, started=time.monotonic(), connection=connection)
         self.requests.append(record)
         watcher: asyncio.Future[bytes] = asyncio.ensure_future(self._watch_close(reader, record))
         try:

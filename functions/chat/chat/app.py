@@ -114,13 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ttl=settings.secret_cache_seconds,
     )
     upstream = Upstream(settings, api_key)
-    auth = (
-        _BearerToken(
-            SecretSource(secret_id=settings.auth_token_secret_id, json_field="token", ttl=settings.secret_cache_seconds)
-        )
-        if settings.auth_token_secret_id
-        else None
-    )
+    token = SecretSource(secret_id=settings.auth_token_secret_id, json_field="token", ttl=settings.secret_cache_seconds)
+    auth = _BearerToken(token) if token.configured else None
 
     app = FastAPI(
         title="chat-stream",
@@ -130,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.upstream = upstream
+    app.state.secrets = (api_key, token)
 
     @app.post("/api/chat/stream", status_code=200, response_class=ChatStream, openapi_extra=_CHAT_OPENAPI)
     async def chat_stream(request: Request) -> Response:

@@ -6,7 +6,9 @@ uses its `.infer()` and `.app`; plain (buffered) invocations simply call it.
 
 from mangum import Mangum
 
+from . import snapstart
 from .app import create_app
 
 app = create_app()
 handler = Mangum(app, lifespan="off")
+snapstart.register(app.state.upstream, app.state.secrets)

@@ -1,0 +1,46 @@
+"""Lambda SnapStart hooks: what a snapshot should contain, and what a restore must rebuild.
+
+Before the snapshot, pay for the heavy imports (`openai` alone is ~400 ms) so no
+restored environment pays them again. After a restore, nothing that was unique
+or connected at snapshot time may be reused: HTTP clients (their connections
+are dead), cached secrets and AWS clients (credentials may have changed), and
+the `random` module's state (every restored copy would share it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import sys
+
+from .secrets import SecretSource
+from .upstream import Upstream
+
+WARM_IMPORTS = ("openai", "httpx2", "aws_lambda_powertools.utilities.parameters")
+
+
+def warm_imports() -> None:
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+
+
+def refresh(upstream: Upstream, secrets: tuple[SecretSource, ...]) -> None:
+    upstream.reset()
+    for secret in secrets:
+        secret.forget()
+    parameters = sys.modules.get("aws_lambda_powertools.utilities.parameters")
+    if parameters is not None:
+        parameters.clear_caches()
+        importlib.import_module("aws_lambda_powertools.utilities.parameters.base").DEFAULT_PROVIDERS.clear()
+    random.seed()
+
+
+def register(upstream: Upstream, secrets: tuple[SecretSource, ...]) -> bool:
+    """Register the hooks with the SnapStart registry; False where there is none."""
+    try:
+        from snapshot_restore_py import register_after_restore, register_before_snapshot
+    except ImportError:
+        return False
+    register_before_snapshot(warm_imports)
+    register_after_restore(refresh, upstream, secrets)
+    return True

@@ -1,0 +1,103 @@
+"""SnapStart hooks: heavy imports land in the snapshot; a restore rebuilds what it froze.
+
+Lambda's snapshot and restore cannot run here; the hooks are driven through the real
+`snapshot_restore_py` registry, the way the runtime loop drives them, and Secrets
+Manager is moto's.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import snapshot_restore_py
+from moto import mock_aws
+
+from chat import snapstart
+from chat.app import create_app
+from tests.support import AppServer, post_stream, settings_for, unique
+from tests.test_secrets import reset_powertools
+from tools.fake_openai import FakeOpenAI, deltas
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD_TOKEN, NEW_TOKEN = "tok-before-Hq3Zr8Lm1Wc5", "tok-after-Xv7Nd2Kp9Gs4"
+
+
+def run_hooks(hooks: list[Any]) -> None:
+    """What the runtime loop does with a registry: call each (func, args, kwargs)."""
+    for func, args, kwargs in hooks:
+        func(*args, **kwargs)
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty hook registries, so this test's hooks don't outlive it."""
+    monkeypatch.setattr(snapshot_restore_py, "_before_snapshot_registry", [])
+    monkeypatch.setattr(snapshot_restore_py, "_after_restore_registry", [])
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    reset_powertools()
+    with mock_aws():
+        yield boto3.client("secretsmanager")
+    reset_powertools()
+
+
+def test_handler_defers_openai_until_the_snapshot_hook(tmp_path: Path) -> None:
+    script = (
+        "import sys, snapshot_restore_py\n"
+        "import chat.handler\n"
+        "assert 'openai' not in sys.modules, 'openai imported on the cold path'\n"
+        "for func, args, kwargs in snapshot_restore_py.get_before_snapshot():\n"
+        "    func(*args, **kwargs)\n"
+        "assert 'openai' in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT / "functions" / "chat",
+        env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "sk-unused"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_restore_rebuilds_clients_secrets_and_random_state(registry: None, aws: Any, fake: FakeOpenAI) -> None:
+    arn = aws.create_secret(Name="chat/token", SecretString=OLD_TOKEN)["ARN"]
+    app = create_app(settings_for(fake, auth_token_secret_id=arn))
+    assert snapstart.register(app.state.upstream, app.state.secrets)
+    run_hooks(snapshot_restore_py.get_before_snapshot())
+    first, second = fake.script(unique(), deltas("one")), fake.script(unique(), deltas("two"))
+    with AppServer(app=app) as server:
+        old = {"authorization": f"Bearer {OLD_TOKEN}"}
+        assert post_stream(server.url, {"message": first}, headers=old).status == 200
+        aws.put_secret_value(SecretId=arn, SecretString=NEW_TOKEN)
+        random.seed(1234)
+        frozen = random.random()
+        random.seed(1234)
+
+        run_hooks(snapshot_restore_py.get_after_restore())
+
+        assert random.random() != frozen
+        stale = post_stream(server.url, {"message": second}, headers=old)
+        assert stale.status == 401
+        fresh = post_stream(server.url, {"message": second}, headers={"authorization": f"Bearer {NEW_TOKEN}"})
+        assert fresh.events == [("message", "two"), ("message", "[DONE]")]
+    before, after = fake.requests_for(first)[0], fake.requests_for(second)[0]
+    assert after.connection != before.connection, "the pre-snapshot HTTP connection was reused"

@@ -215,9 +215,19 @@ class FakeOpenAI:
 
     def stop(self) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         if self._thread is not None:
             self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        """Close the listener and every open connection, then stop the loop."""
+        if self._server is not None:
+            self._server.close()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.get_running_loop().stop()
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()
@@ -292,7 +302,11 @@ class FakeOpenAI:
         finally:
             record.finished = time.monotonic()
             watcher.cancel()
-        next_bytes = watcher.result() if watcher.done() and not watcher.cancelled() else b""
+        try:
+            # Wait for the watcher to let go of the reader before the next request reads it.
+            next_bytes = await watcher
+        except asyncio.CancelledError:
+            next_bytes = b""
         if not keep_alive:
             await self._wait_closed(reader, record)
         return keep_alive and record.client_closed is None, next_bytes

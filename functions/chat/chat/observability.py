@@ -15,6 +15,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "chat-stream")
+# Powertools still auto-flushes every 100 values when disabled; honour the switch here.
+METRICS_ENABLED = os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() not in ("1", "true")
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ChatStream")
 
 logger = Logger(service=SERVICE)
@@ -34,6 +36,12 @@ class StreamOutcome:
 
 
 def record(outcome: StreamOutcome) -> None:
+    _log(outcome)
+    if METRICS_ENABLED:
+        _add_metrics(outcome)
+
+
+def _add_metrics(outcome: StreamOutcome) -> None:
     metrics.add_metric(name="Streams", unit=MetricUnit.Count, value=1)
     if outcome.first_token_seconds is not None:
         metrics.add_metric(
@@ -48,6 +56,9 @@ def record(outcome: StreamOutcome) -> None:
         metrics.add_metric(name=f"UpstreamError.{outcome.error_kind}", unit=MetricUnit.Count, value=1)
     if outcome.client_disconnected:
         metrics.add_metric(name="ClientDisconnects", unit=MetricUnit.Count, value=1)
+
+
+def _log(outcome: StreamOutcome) -> None:
     logger.info(
         "chat stream finished",
         status=outcome.status,

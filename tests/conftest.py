@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
-from tests.support import AppServer, settings_for
+from tests.support import AppServer, reset_powertools, settings_for
 from tools.fake_openai import FakeOpenAI
 
 
@@ -20,3 +23,20 @@ def fake() -> Iterator[FakeOpenAI]:
 def server(fake: FakeOpenAI) -> Iterator[AppServer]:
     with AppServer(settings_for(fake)) as app_server:
         yield app_server
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh Secrets Manager (moto: AWS itself cannot run here), and empty Powertools caches."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    reset_powertools()
+    with mock_aws():
+        yield boto3.client("secretsmanager")
+    reset_powertools()

@@ -11,43 +11,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import httpx
 import pytest
-from aws_lambda_powertools.utilities import parameters
-from aws_lambda_powertools.utilities.parameters import base as parameters_base
-from moto import mock_aws
 
-from tests.support import app_server, free_port, post_stream, settings_for, unique
+from tests.support import app_server, free_port, post_stream, reset_powertools, settings_for, unique
 from tools.fake_openai import FakeOpenAI, deltas
 
 OLD_KEY = "sk-old-Fq1Lm8Zr4Wd2Yh6Tn3Vb"
 NEW_KEY = "sk-new-Kc7Ps5Gj9Ux1Ae4Ro8Qz"
 TOKEN = "tok-Wf3Hx8Nd1Lq6Zs2Vm9Rb4Tc7Yk5Pj0"
 DONE = ("message", "[DONE]")
-
-
-def reset_powertools() -> None:
-    """Powertools caches secret values and boto3 clients per process; each test needs neither."""
-    parameters.clear_caches()  # type: ignore[no-untyped-call]
-    parameters_base.DEFAULT_PROVIDERS.clear()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A fresh moto Secrets Manager, and Powertools caches that know nothing."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_MAX_ATTEMPTS": "1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    reset_powertools()
-    with mock_aws():
-        yield boto3.client("secretsmanager")
-    reset_powertools()
 
 
 @pytest.fixture

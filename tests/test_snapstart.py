@@ -10,19 +10,15 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import snapshot_restore_py
-from moto import mock_aws
 
 from chat import snapstart
 from chat.app import create_app
 from tests.support import AppServer, post_stream, settings_for, unique
-from tests.test_secrets import reset_powertools
 from tools.fake_openai import FakeOpenAI, deltas
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,20 +36,6 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Empty hook registries, so this test's hooks don't outlive it."""
     monkeypatch.setattr(snapshot_restore_py, "_before_snapshot_registry", [])
     monkeypatch.setattr(snapshot_restore_py, "_after_restore_registry", [])
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    reset_powertools()
-    with mock_aws():
-        yield boto3.client("secretsmanager")
-    reset_powertools()
 
 
 def test_handler_defers_openai_until_the_snapshot_hook(tmp_path: Path) -> None:

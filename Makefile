@@ -34,5 +34,13 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(VENV)/bin/pytest
 
+## Performance figures (issue: benchmark command): one table, several runs each.
+bench: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.bench
+
+## Full-size load and fault run: prints the load table and the fault table.
+load: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.loadtest
+
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

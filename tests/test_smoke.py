@@ -1,0 +1,251 @@
+"""The post-deploy smoke test (`python -m tools.smoke`), run against the real app on 127.0.0.1.
+
+The app server, the fake upstream and HTTP are real. AWS itself cannot run here:
+Secrets Manager is moto's, and for `--auth iam` a local stand-in for a Function URL
+receives the request and re-checks its SigV4 signature with fake static credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.support import AppServer, app_server, free_port, settings_for, unique
+from tools import smoke
+from tools.fake_openai import Delta, FakeOpenAI, Reset, Sleep, deltas
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "tok-Smk4Rb8Lq2Wn6Xc1Vz9Pd3Hf7"
+ACCESS_KEY, SECRET_KEY, SESSION_TOKEN = "AKIAFAKESMOKE0000001", "fake-secret-key-for-tests", "fake-session"
+
+
+def run_smoke(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = smoke.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_a_healthy_stream_passes_and_reports_timings(
+    server: AppServer, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = fake.script(unique(), [Sleep(0.05), *deltas("Hello", " world")])
+    code, output = run_smoke(capsys, server.url, "--message", key)
+    assert code == 0, output
+    assert f"{server.url}/api/chat/stream answered 200 text/event-stream, 2 message events, [DONE]" in output
+    assert "time to first byte" in output
+    assert "to first message" in output
+    assert "answer: Hello world" in output
+
+
+def test_the_command_line_exits_non_zero_when_the_stream_breaks(server: AppServer, fake: FakeOpenAI) -> None:
+    """As CI runs it: `python -m tools.smoke`, judged by its exit status."""
+    key = fake.script(unique(), [Delta("partial"), Reset()])
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.smoke", f"{server.url}/api/chat/stream", "--message", key],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("smoke test FAILED: the stream ended with an error event: ")
+
+
+def test_an_empty_answer_fails(server: AppServer, fake: FakeOpenAI, capsys: pytest.CaptureFixture[str]) -> None:
+    key = fake.script(unique(), deltas())
+    code, output = run_smoke(capsys, server.url, "--message", key)
+    assert code == 1
+    assert "smoke test FAILED: the stream carried no answer: no message event before [DONE]" in output
+
+
+def test_an_unreachable_url_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_smoke(capsys, f"http://127.0.0.1:{free_port()}")
+    assert code == 1
+    assert "smoke test FAILED: request to" in output
+    assert "ConnectError" in output
+
+
+def test_a_non_stream_answer_fails(server: AppServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_smoke(capsys, f"{server.url}/healthz/api/chat/stream")
+    assert code == 1
+    assert "smoke test FAILED: expected status 200, got 404" in output
+
+
+# ---------------------------------------------------------------- bearer token
+
+
+@pytest.fixture
+def token_url(aws: Any, fake: FakeOpenAI) -> Iterator[str]:
+    arn = aws.create_secret(Name="chat-stream/auth-token", SecretString=json.dumps({"token": TOKEN}))["ARN"]
+    with app_server(settings_for(fake, auth_token_secret_id=arn)) as server:
+        yield server.url
+
+
+def test_token_from_an_environment_variable(
+    token_url: str, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.setenv("CHAT_TOKEN", TOKEN)
+    key = fake.script(unique(), deltas("authorised"))
+    code, output = run_smoke(capsys, token_url, "--auth", "token", "--token-env", "CHAT_TOKEN", "--message", key)
+    assert code == 0, output
+    assert "answer: authorised" in output
+    assert TOKEN not in output
+
+
+def test_token_from_the_stacks_secret(aws: Any, token_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    arn = aws.describe_secret(SecretId="chat-stream/auth-token")["ARN"]
+    code, output = run_smoke(capsys, token_url, "--auth", "token", "--token-secret", arn)
+    assert code == 0, output
+    assert TOKEN not in output
+
+
+def test_a_wrong_token_fails_with_the_services_reason(
+    token_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CHAT_TOKEN", "tok-wrong-Qs9Lm2Xv")
+    code, output = run_smoke(capsys, token_url, "--auth", "token", "--token-env", "CHAT_TOKEN")
+    assert code == 1
+    assert 'smoke test FAILED: expected status 200, got 401: {"error":"Missing or invalid bearer token."}' in output
+    assert "tok-wrong-Qs9Lm2Xv" not in output
+
+
+def test_a_missing_token_variable_fails_before_asking(token_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_smoke(capsys, token_url, "--auth", "token", "--token-env", "NO_SUCH_VARIABLE_SET")
+    assert code == 1
+    assert "smoke test FAILED: the token from NO_SUCH_VARIABLE_SET is empty" in output
+
+
+def test_a_missing_token_secret_fails_clearly(aws: Any, token_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = run_smoke(capsys, token_url, "--auth", "token", "--token-secret", "chat-stream/nothing-here")
+    assert code == 1
+    assert "smoke test FAILED: could not read the token secret chat-stream/nothing-here" in output
+    assert "ResourceNotFoundException" in output
+
+
+def test_under_github_actions_the_token_is_only_ever_printed_as_a_mask(
+    token_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("CHAT_TOKEN", TOKEN)
+    code, output = run_smoke(capsys, token_url, "--auth", "token", "--token-env", "CHAT_TOKEN")
+    assert code == 0, output
+    lines_with_token = [line for line in output.splitlines() if TOKEN in line]
+    assert lines_with_token == [f"::add-mask::{TOKEN}"]
+    assert output.startswith(f"::add-mask::{TOKEN}\n")
+
+
+# ---------------------------------------------------------------- IAM (SigV4)
+
+
+class FunctionUrlStandIn(BaseHTTPRequestHandler):
+    """Plays a Lambda Function URL reached through an HTTP proxy: records the request, answers a stream."""
+
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        answer = b"event:message\ndata:signed\n\nevent:message\ndata:[DONE]\n\n"
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the test reads `seen`."""
+
+
+@pytest.fixture
+def function_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, str], bytes]]]:
+    """Every request to any host goes to the stand-in, as if it were AWS; fake static credentials."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FunctionUrlStandIn)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    for name in ("NO_PROXY", "no_proxy", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    FunctionUrlStandIn.seen = []
+    yield FunctionUrlStandIn.seen
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def expected_signature(url: str, headers: dict[str, str], body: bytes, region: str) -> str:
+    """Recompute SigV4 over what arrived on the wire, as Lambda would."""
+    signed_names = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    request = AWSRequest(method="POST", url=url, data=body, headers={name: headers[name] for name in signed_names})
+    request.context["timestamp"] = headers["x-amz-date"]
+    auth = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY, SESSION_TOKEN), "lambda", region)
+    return str(auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request))
+
+
+def test_iam_signs_for_lambda_in_the_region_of_the_function_url(
+    function_url: list[tuple[str, dict[str, str], bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "http://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-2.on.aws/"
+    code, output = run_smoke(capsys, url, "--auth", "iam", "--message", "hello")
+    assert code == 0, output
+    [(path, headers, body)] = function_url
+    assert path == f"{url}api/chat/stream"
+    assert json.loads(body) == {"message": "hello"}
+    authorization = headers["authorization"]
+    assert authorization.startswith(f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
+    assert "/eu-west-2/lambda/aws4_request, SignedHeaders=" in authorization
+    signed = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert {"host", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "content-type"} <= set(signed)
+    assert headers["x-amz-security-token"] == SESSION_TOKEN
+    assert len(headers["x-amz-date"]) == 16
+    assert headers["x-amz-date"].endswith("Z")
+    signature = authorization.split("Signature=")[1]
+    assert signature == expected_signature(path, headers, body, "eu-west-2")
+    assert SECRET_KEY not in output
+
+
+def test_iam_with_an_explicit_region(
+    function_url: list[tuple[str, dict[str, str], bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, output = run_smoke(capsys, "http://chat.example.test/", "--auth", "iam", "--region", "ap-south-1")
+    assert code == 0, output
+    [(_, headers, _)] = function_url
+    assert "/ap-south-1/lambda/aws4_request" in headers["authorization"]
+
+
+def test_iam_without_a_region_says_how_to_give_one(
+    function_url: list[tuple[str, dict[str, str], bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, output = run_smoke(capsys, "http://chat.example.test/", "--auth", "iam")
+    assert code == 1
+    assert "smoke test FAILED: cannot tell the AWS region from chat.example.test; pass --region" in output
+    assert function_url == []
+
+
+def test_iam_without_credentials_fails_clearly(
+    function_url: list[tuple[str, dict[str, str], bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code, output = run_smoke(capsys, "http://x.lambda-url.us-east-1.on.aws/", "--auth", "iam")
+    assert code == 1
+    assert "smoke test FAILED: --auth iam needs AWS credentials" in output

@@ -1,0 +1,145 @@
+"""`make bench`: the service's performance figures, as one Markdown table.
+
+Every figure is the median of `--runs` runs, with the min-max beside it; the added
+time to first event is a difference taken within one run (upstream alone and through
+the app, interleaved). `--baseline` measures an idiomatic relay (tools/bench_baseline.py)
+with the same harness, in a second column: the "before" of the optimisations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import dataclass
+
+from tools import bench_cold, bench_stream
+from tools.bench_stream import Placement, Sizes
+
+FULL = Sizes(
+    single_requests=100, concurrency=200, concurrent_rounds=4, relay_streams=8, relay_events=5000, held_streams=1000
+)
+QUICK = Sizes(single_requests=4, concurrency=5, concurrent_rounds=2, relay_streams=2, relay_events=50, held_streams=5)
+DASH = "\N{EN DASH}"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    digits: int
+    target: float | None = None
+
+
+def rows(sizes: Sizes, cold_start: bool) -> list[Row]:
+    stream_rows = [
+        Row("ttfe_1_median", "Added time to first event, 1 stream, median (ms)", 2, 1.0),
+        Row("ttfe_1_p90", "Added time to first event, 1 stream, p90 (ms)", 2),
+        Row("ttfe_n_median", f"Added time to first event, {sizes.concurrency} streams, median (ms)", 1),
+        Row("ttfe_n_p90", f"Added time to first event, {sizes.concurrency} streams, p90 (ms)", 1),
+        Row("relay_cpu", "Relay cost (CPU-s per 10,000 events)", 2, 1.0),
+        Row("relay_rate", f"Relay rate, {sizes.relay_streams} streams, upstream not waiting (events/s)", 0),
+        Row("relay_busy", "App's core busy during that relay (%)", 0),
+        Row("rss_base", "Base RSS after warm-up (MiB)", 1),
+        Row("rss_per_stream", f"RSS per open stream, {sizes.held_streams} streams open (KiB)", 1, 40.0),
+    ]
+    if not cold_start:
+        return stream_rows
+    return [
+        *stream_rows,
+        Row("import_ms", "Handler cold import, python3.13 -X importtime (ms)", 0, 400.0),
+        Row("first_answer_ms", "Process start to first relayed answer (ms)", 0, 600.0),
+        Row("zip_mb", "Zipped package, deflate (MB)", 1, 8.0),
+    ]
+
+
+Figures = dict[str, list[float]]
+
+
+def _collect(figures: Figures, taken: dict[str, float]) -> None:
+    for key, value in taken.items():
+        figures.setdefault(key, []).append(value)
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def measure_cold_start(
+    packages: dict[str, bench_cold.Package], runs: int, results: dict[str, Figures], placement: Placement
+) -> None:
+    """Cold-start figures of each package, interleaved run by run, on the app's core."""
+    dirs = {name: bench_cold.built(package) for name, package in packages.items()}
+    core = placement[0] if placement is not None else None
+    with bench_stream.upstream(placement[1] if placement is not None else None) as base_url:
+        for name, package in packages.items():
+            bench_cold.first_answer_ms(package, dirs[name], base_url, core)  # warm the page cache
+            results[name]["zip_mb"] = [bench_cold.zipped_mb(dirs[name])]
+        for _ in range(runs):
+            for name, package in packages.items():
+                _collect(
+                    results[name],
+                    {
+                        "import_ms": bench_cold.import_ms(package, dirs[name], core),
+                        "first_answer_ms": bench_cold.first_answer_ms(package, dirs[name], base_url, core),
+                    },
+                )
+
+
+def _figure(values: list[float], digits: int) -> str:
+    median = f"{statistics.median(values):,.{digits}f}"
+    if len(values) == 1 or min(values) == max(values):
+        return median
+    return f"{median} ({min(values):,.{digits}f}{DASH}{max(values):,.{digits}f})"
+
+
+def table(rows: list[Row], results: dict[str, Figures]) -> str:
+    names = list(results)
+    head = ["Measure", *(f"{name}: median (min{DASH}max)" for name in names), "Target", "Met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.label, *(_figure(results[name][row.key], row.digits) for name in names)]
+        if row.target is None:
+            cells += ["", ""]
+        else:
+            met = statistics.median(results["service"][row.key]) <= row.target
+            cells += [f"≤ {row.target:g}", "yes" if met else "**no**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, not the service")
+    parser.add_argument("--skip-cold-start", action="store_true", help="no package build, no cold-start figures")
+    parser.add_argument("--baseline", action="store_true", help="also measure the idiomatic relay, in a column")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    sizes = QUICK if args.quick else FULL
+    apps = {"service": bench_stream.SERVICE}
+    packages = {"service": bench_cold.SERVICE_PACKAGE}
+    if args.baseline:
+        apps["idiomatic relay"] = bench_stream.BASELINE
+        packages["idiomatic relay"] = bench_cold.BASELINE_PACKAGE
+    results: dict[str, Figures] = {name: {} for name in apps}
+    placement = bench_stream.cores()
+    for run in range(args.runs):
+        for name, app in apps.items():
+            _progress(f"run {run + 1}/{args.runs}: streaming, {name}")
+            _collect(results[name], bench_stream.measure(app, sizes, placement))
+    if not args.skip_cold_start:
+        _progress("cold start")
+        measure_cold_start(packages, args.runs, results, placement)
+    where = (
+        "app, upstream and client on cores " + ", ".join(str(sorted(core)) for core in placement)
+        if placement is not None
+        else "one core shared by app, upstream and client"
+    )
+    print(f"{args.runs} run(s){', quick sizes' if args.quick else ''}; {where}.\n")
+    print(table(rows(sizes, not args.skip_cold_start), results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""`make bench` in miniature: the command runs end to end and prints its whole table.
+
+Tiny sizes and one run, without the package build; figures are checked to be
+numbers, never against the targets (timing belongs to the benchmark, not the tests).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURE = re.compile(r"^-?[\d,]+(\.\d+)?( \(-?[\d,]+(\.\d+)?\N{EN DASH}-?[\d,]+(\.\d+)?\))?$")
+STREAM_ROWS = (
+    "Added time to first event, 1 stream, median (ms)",
+    "Added time to first event, 1 stream, p90 (ms)",
+    "Added time to first event, 5 streams, median (ms)",
+    "Added time to first event, 5 streams, p90 (ms)",
+    "Relay cost (CPU-s per 10,000 events)",
+    "Relay rate, 2 streams, upstream not waiting (events/s)",
+    "App's core busy during that relay (%)",
+    "Base RSS after warm-up (MiB)",
+    "RSS per open stream, 5 streams open (KiB)",
+)
+
+
+def test_quick_bench_prints_every_row_with_figures() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.bench", "--quick", "--runs", "1", "--skip-cold-start"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert table[0] == "| Measure | service: median (min\N{EN DASH}max) | Target | Met |"
+    cells = {row[0]: row[1:] for row in ([cell.strip() for cell in line.strip("|").split("|")] for line in table[2:])}
+    assert list(cells) == list(STREAM_ROWS)
+    for label, (figure, target, met) in cells.items():
+        assert FIGURE.match(figure), f"{label}: {figure!r}"
+        assert (target, met) == ("", "") or (target.startswith("≤ ") and met in ("yes", "**no**")), label

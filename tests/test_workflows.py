@@ -118,6 +118,7 @@ def test_prod_is_promoted_from_the_default_deploy_with_the_same_artifact() -> No
     packaged = [step for step in ci["package"]["steps"] if step.get("with", {}).get("name") == "packaged-template"]
     downloaded = [step for step in deploy["steps"] if step.get("with", {}).get("name") == "packaged-template"]
     assert len(packaged) == len(downloaded) == 1
+    assert downloaded[0]["with"]["run-id"] == "${{ github.run_id }}", "a re-run (rollback) must find the run's artifact"
 
 
 def test_deploy_jobs_smoke_the_stacks_samconfig_deploys() -> None:

@@ -1,0 +1,63 @@
+"""The load and fault harness at test size: every stream succeeds and every fault row passes.
+
+The full-size run (1000 streams of 50 chunks) is `make load`; this runs the same
+harness with 50 short streams and short timeouts. Secrets Manager is moto's
+server and a local endpoint answering ThrottlingException (AWS itself cannot run here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.loadtest import Options, Report, format_report, run
+
+SMALL = Options(
+    streams=50,
+    chunks=5,
+    chunk_interval=0.01,
+    rounds=1,
+    first_token_timeout=1.0,
+    idle_timeout=0.5,
+    drip_interval=0.01,
+    storm=20,
+    disconnects=20,
+)
+
+FAULT_CASES = [
+    "connection reset",
+    "truncated body",
+    "error object mid-stream",
+    "HTML 502 page",
+    "429 storm",
+    "MiB delta",
+    "stall before headers",
+    "stall after headers, no token",
+    "stall mid-stream",
+    "slow drip",
+    "random client disconnects",
+    "Secrets Manager down",
+    "Secrets Manager throttling",
+    "Secrets Manager back (moto)",
+]
+
+
+@pytest.fixture(scope="module")
+def report() -> Report:
+    return run(SMALL)
+
+
+def test_concurrent_streams_all_succeed_and_leave_nothing_open(report: Report) -> None:
+    table = format_report(report)
+    [row] = report.load
+    assert row.errors == 0, table
+    assert row.peak_in_flight > 1, table
+    assert row.upstream_in_flight_after == 0, table
+    assert row.leftover_tasks <= 0, table
+    assert row.passed, table
+
+
+@pytest.mark.parametrize("case", FAULT_CASES)
+def test_fault_case_gives_the_client_the_documented_outcome(report: Report, case: str) -> None:
+    rows = [row for row in report.faults if case in row.case]
+    assert len(rows) == 1, format_report(report)
+    assert rows[0].passed, format_report(report)

@@ -2,7 +2,8 @@
 
 The app server, the fake upstream and HTTP are real. AWS itself cannot run here:
 Secrets Manager is moto's, and for `--auth iam` a local stand-in for a Function URL
-receives the request and re-checks its SigV4 signature with fake static credentials.
+receives the request (re-checking its SigV4 signature with fake static credentials) and
+plays a stream cut off mid-answer, which the local app never sends.
 """
 
 from __future__ import annotations
@@ -154,11 +155,12 @@ class FunctionUrlStandIn(BaseHTTPRequestHandler):
     """Plays a Lambda Function URL reached through an HTTP proxy: records the request, answers a stream."""
 
     seen: list[tuple[str, dict[str, str], bytes]] = []
+    answer = b"event:message\ndata:signed\n\nevent:message\ndata:[DONE]\n\n"
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        answer = b"event:message\ndata:signed\n\nevent:message\ndata:[DONE]\n\n"
+        answer = self.answer
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("content-length", str(len(answer)))
@@ -249,3 +251,15 @@ def test_iam_without_credentials_fails_clearly(
     code, output = run_smoke(capsys, "http://x.lambda-url.us-east-1.on.aws/", "--auth", "iam")
     assert code == 1
     assert "smoke test FAILED: --auth iam needs AWS credentials" in output
+
+
+def test_a_stream_that_stops_before_done_fails(
+    function_url: list[tuple[str, dict[str, str], bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A function killed mid-answer (timeout, crash) ends the body without `[DONE]` or an error event."""
+    monkeypatch.setattr(FunctionUrlStandIn, "answer", b"event:message\ndata:half an ans\n\n")
+    code, output = run_smoke(capsys, "http://x.lambda-url.us-east-1.on.aws/")
+    assert code == 1
+    assert "smoke test FAILED: the stream ended without the final [DONE] message (cut off?)" in output

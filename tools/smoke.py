@@ -48,7 +48,6 @@ class SmokeFailure(Exception):
 class Answer:
     """What the smoke request saw, with timings in seconds from sending it."""
 
-    status: int = 0
     first_byte: float = 0.0
     first_message: float | None = None
     total: float = 0.0
@@ -101,7 +100,6 @@ def ask(url: str, headers: dict[str, str], body: bytes) -> Answer:
     started = time.perf_counter()
     with httpx.Client(timeout=TIMEOUT) as client, client.stream("POST", url, content=body, headers=headers) as response:
         answer.first_byte = time.perf_counter() - started
-        answer.status = response.status_code
         if response.status_code != 200:
             detail = response.read().decode("utf-8", "replace").strip()[:300]
             raise SmokeFailure(f"expected status 200, got {response.status_code}: {detail or '(empty body)'}")

@@ -18,6 +18,7 @@ STREAM_ROWS = (
     "Added time to first event, 1 stream, p90 (ms)",
     "Added time to first event, 5 streams, median (ms)",
     "Added time to first event, 5 streams, p90 (ms)",
+    "App CPU per request, two-event answer (ms)",
     "Relay cost (CPU-s per 10,000 events)",
     "Relay rate, 2 streams, upstream not waiting (events/s)",
     "App's core busy during that relay (%)",

@@ -37,6 +37,7 @@ def rows(sizes: Sizes, cold_start: bool) -> list[Row]:
         Row("ttfe_1_p90", "Added time to first event, 1 stream, p90 (ms)", 2),
         Row("ttfe_n_median", f"Added time to first event, {sizes.concurrency} streams, median (ms)", 1),
         Row("ttfe_n_p90", f"Added time to first event, {sizes.concurrency} streams, p90 (ms)", 1),
+        Row("request_cpu", "App CPU per request, two-event answer (ms)", 2),
         Row("relay_cpu", "Relay cost (CPU-s per 10,000 events)", 2, 1.0),
         Row("relay_rate", f"Relay rate, {sizes.relay_streams} streams, upstream not waiting (events/s)", 0),
         Row("relay_busy", "App's core busy during that relay (%)", 0),

@@ -151,6 +151,8 @@ def serve(app: App, base_url: str, core: set[int] | None) -> Iterator[tuple[str,
     port = _free_port()
     command = [sys.executable, "-m", "uvicorn", app.target, "--app-dir", str(app.app_dir)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    # uvicorn's 5 s keep-alive limit would race the client's reuse of idle connections between phases.
+    command += ["--timeout-keep-alive", "600"]
     process = subprocess.Popen(command, cwd=ROOT, env=app_env(base_url), stdin=subprocess.DEVNULL)
     try:
         if core is not None:
@@ -195,21 +197,39 @@ async def first_event_seconds(client: httpx.AsyncClient, target: Target, message
     return elapsed
 
 
+async def settled(pid: int) -> None:
+    """Wait until the app has used no CPU for 200 ms (it finished the previous phase's work), at most 10 s."""
+    deadline = time.monotonic() + 10
+    used = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        now = cpu_seconds(pid)
+        if now == used:
+            return
+        used = now
+
+
 def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10, method="inclusive")[8]
 
 
 async def added_first_event(
-    client: httpx.AsyncClient, direct: Target, app: Target, concurrency: int, rounds: int
-) -> tuple[float, float]:
-    """(median, p90) seconds the app adds to the first event, upstream alone and app interleaved by round."""
+    client: httpx.AsyncClient, direct: Target, app: Target, pid: int, concurrency: int, rounds: int
+) -> tuple[float, float, float]:
+    """(median, p90) seconds the app adds to the first event, and the app's CPU seconds per request.
+
+    Batches go to the upstream alone and through the app in turn; the app is idle
+    while the upstream alone answers, so its CPU time is all its own requests'.
+    """
     times: dict[bool, list[float]] = {True: [], False: []}
+    cpu = cpu_seconds(pid)
     for index in range(rounds):
         for target in (direct, app) if index % 2 == 0 else (app, direct):
             batch = await asyncio.gather(*(first_event_seconds(client, target) for _ in range(concurrency)))
             times[target.direct] += batch
     alone, through = times[True], times[False]
-    return statistics.median(through) - statistics.median(alone), p90(through) - p90(alone)
+    added = statistics.median(through) - statistics.median(alone), p90(through) - p90(alone)
+    return *added, (cpu_seconds(pid) - cpu) / len(through)
 
 
 async def _relayed(client: httpx.AsyncClient, app: Target, events: int) -> int:
@@ -242,10 +262,10 @@ async def rss_with_streams_open(client: httpx.AsyncClient, app: Target, pid: int
             first_read = cast(AsyncGenerator[bytes, None], response.aiter_raw())
             async with contextlib.aclosing(first_read) as chunks:
                 await anext(chunks)
-            opened += 1
-            if opened == streams:
-                all_open.set()
-            await release.wait()
+                opened += 1
+                if opened == streams:
+                    all_open.set()
+                await release.wait()
 
     tasks = [asyncio.ensure_future(hold()) for _ in range(streams)]
     try:
@@ -266,19 +286,22 @@ async def _measure(app_url: str, base_url: str, pid: int, sizes: Sizes) -> dict[
             for _ in range(5):
                 await first_event_seconds(client, target)
             await asyncio.gather(*(first_event_seconds(client, target) for _ in range(20)))
+        await settled(pid)
         figures = {"rss_base": rss_bytes(pid) / 2**20}
         held = await rss_with_streams_open(client, app, pid, sizes.held_streams)
+        await settled(pid)
         figures["rss_per_stream"] = (held / 2**20 - figures["rss_base"]) * 1024 / sizes.held_streams
-        figures["ttfe_1_median"], figures["ttfe_1_p90"] = await added_first_event(
-            client, direct, app, 1, sizes.single_requests
+        figures["ttfe_1_median"], figures["ttfe_1_p90"], figures["request_cpu"] = await added_first_event(
+            client, direct, app, pid, 1, sizes.single_requests
         )
-        figures["ttfe_n_median"], figures["ttfe_n_p90"] = await added_first_event(
-            client, direct, app, sizes.concurrency, sizes.concurrent_rounds
+        figures["ttfe_n_median"], figures["ttfe_n_p90"], _ = await added_first_event(
+            client, direct, app, pid, sizes.concurrency, sizes.concurrent_rounds
         )
+        await settled(pid)
         figures["relay_cpu"], figures["relay_rate"], figures["relay_busy"] = await relay(
             client, app, pid, sizes.relay_streams, sizes.relay_events
         )
-    for key in ("ttfe_1_median", "ttfe_1_p90", "ttfe_n_median", "ttfe_n_p90"):
+    for key in ("ttfe_1_median", "ttfe_1_p90", "ttfe_n_median", "ttfe_n_p90", "request_cpu"):
         figures[key] *= 1000
     figures["relay_busy"] *= 100
     return figures

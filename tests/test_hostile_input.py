@@ -30,7 +30,7 @@ CHECKS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 
-# Text a client may legitimately send (no lone surrogates: see the xfail test below).
+# Text a client may legitimately send (lone surrogates are refused: see the test below).
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
@@ -182,13 +182,6 @@ def test_edge_bodies(client: httpx.Client, body: bytes, streams: bool) -> None:
         assert response.status_code == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a lone surrogate in message or history content (JSON escape \\ud800, or the UTF-8 bytes "
-    "ED A0 80 which json.loads accepts via surrogatepass) passes validation, then the openai SDK fails to "
-    "encode the upstream body (UnicodeEncodeError) -> 500 {'error':'Internal server error'}, without "
-    "security headers. Expected: 400 (or U+FFFD replacement, as for upstream deltas).",
-)
 @pytest.mark.parametrize(
     "body",
     [
@@ -198,8 +191,11 @@ def test_edge_bodies(client: httpx.Client, body: bytes, streams: bool) -> None:
     ],
     ids=["escaped", "raw-bytes", "history"],
 )
-def test_lone_surrogates_are_refused_or_replaced_not_500(client: httpx.Client, body: bytes) -> None:
-    assert_safe(post(client, body))
+def test_lone_surrogates_are_refused_with_a_clear_400(client: httpx.Client, body: bytes) -> None:
+    response = post(client, body)
+    assert_safe(response)
+    assert response.status_code == 400
+    assert "unpaired UTF-16 surrogate" in response.json()["error"]
 
 
 # ---------------------------------------------------------------- headers, content types, encodings
@@ -320,12 +316,6 @@ def test_cors_allows_only_the_configured_origin(cors_server: AppServer) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: CORSMiddleware is added after SecurityHeaders, so it is the outer layer: preflight answers "
-    "(200 allowed, and 400 text/plain 'Disallowed CORS origin') are built by it and carry no security headers, "
-    "and the refusal is not the {'error': ...} JSON shape.",
-)
 @pytest.mark.parametrize("origin", ["https://app.example", "https://evil.example"])
 def test_cors_preflight_answers_carry_security_headers(cors_server: AppServer, origin: str) -> None:
     response = httpx.options(

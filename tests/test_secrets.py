@@ -99,7 +99,7 @@ def test_unreachable_secrets_manager_is_503(monkeypatch: pytest.MonkeyPatch, fak
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_MAX_ATTEMPTS": "1",
-        "AWS_ENDPOINT_URL_SECRETSMANAGER": f"http://127.0.0.1:{free_port()}",
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{free_port()}",
     }.items():
         monkeypatch.setenv(name, value)
     reset_powertools()

@@ -10,13 +10,14 @@ import hmac
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from .chat_request import BadRequest, parse_chat_request
 from .config import Settings
-from .headers import SecurityHeaders
+from .headers import SECURITY_HEADERS_TEXT, SecurityHeaders
 from .observability import logger
 from .relay import ChatStream, error_response
 from .secrets import SecretSource, SecretUnavailable
@@ -90,6 +91,16 @@ class _BearerToken:
         return error_response(401, "Missing or invalid bearer token.", {"www-authenticate": "Bearer"})
 
 
+class JSONRefusalCORS(CORSMiddleware):
+    """Starlette's CORS, with its preflight refusal in the service's `{"error": ...}` shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        return error_response(response.status_code, bytes(response.body).decode())
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """Read the body, refusing it as soon as it is known to exceed `limit` bytes."""
     too_large = BadRequest(f"Request body too large: the limit is {limit} bytes.", 413)
@@ -157,18 +168,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> Response:
         logger.exception("unhandled error")
-        return error_response(500, "Internal server error")
+        # Starlette answers this from its outermost layer, outside SecurityHeaders.
+        return error_response(500, "Internal server error", SECURITY_HEADERS_TEXT)
 
     app.openapi_schema = None
-    app.add_middleware(SecurityHeaders)
     if settings.cors_allow_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JSONRefusalCORS,
             allow_origins=list(settings.cors_allow_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type"],
             max_age=600,
         )
+    app.add_middleware(SecurityHeaders)  # added last = outermost: CORS preflight answers get them too
     _add_error_schema(app)
     return app
 

@@ -41,6 +41,15 @@ class ChatRequest:
         return turns
 
 
+def _encodable(text: str, where: str) -> str:
+    """JSON may carry lone surrogates (`"\\ud800"`); no model can be sent them, so say so now."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{where} contains an unpaired UTF-16 surrogate; send valid Unicode text") from None
+    return text
+
+
 def _turn(item: object, index: int) -> Turn:
     if not isinstance(item, dict):
         raise BadRequest(f"history[{index}] must be an object with role and content")
@@ -49,7 +58,7 @@ def _turn(item: object, index: int) -> Turn:
         raise BadRequest(f"history[{index}].role must be one of: assistant, system, user")
     if not isinstance(content, str):
         raise BadRequest(f"history[{index}].content must be a string")
-    return Turn(role=str(role), content=content)
+    return Turn(role=str(role), content=_encodable(content, f"history[{index}].content"))
 
 
 def parse_chat_request(body: bytes, *, max_history_turns: int) -> ChatRequest:
@@ -63,6 +72,7 @@ def parse_chat_request(body: bytes, *, max_history_turns: int) -> ChatRequest:
     message = data.get("message")
     if not isinstance(message, str) or not message:
         raise BadRequest()
+    _encodable(message, "message")
     history = data.get("history")
     if history is None:
         return ChatRequest(message=message)

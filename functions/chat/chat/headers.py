@@ -12,6 +12,8 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
 
+SECURITY_HEADERS_TEXT = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
+
 
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:

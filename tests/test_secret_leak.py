@@ -161,7 +161,8 @@ def test_the_cases_really_ran_at_debug(run: Run) -> None:
     assert run.outcomes["wrong bearer token"].status == 401
     assert run.outcomes["Secrets Manager down"].status == 503
     loggers = {record.split(":", 2)[1] for record in records(run) if record.startswith("DEBUG:")}
-    assert {"botocore.parsers", "openai._base_client"} <= loggers
+    assert "openai._base_client" in loggers
+    assert "botocore.parsers" not in loggers  # capped at INFO by the service: its wire log prints secret values
     assert any(name.startswith(("httpcore", "httpx")) for name in loggers)  # the HTTP stack (httpx2) too
     assert "chat stream finished" in run.logs  # the Powertools logger's JSON lines are captured too
 
@@ -199,11 +200,5 @@ def test_no_log_record_outside_botocore_carries_a_secret(run: Run) -> None:
     assert _leaking(run, lambda record: not _botocore(record)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with the root logger at DEBUG (e.g. the Lambda log level set to DEBUG), botocore logs "
-    "Secrets Manager's raw response ('DEBUG:botocore.parsers:Response body: ... SecretString ...'), so the "
-    "API key and the bearer token appear in the logs. The service should cap the botocore loggers at INFO.",
-)
 def test_botocore_wire_logs_carry_no_secret(run: Run) -> None:
     assert _leaking(run, _botocore) == []

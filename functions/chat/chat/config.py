@@ -93,3 +93,36 @@ class Settings:
             cors_allow_origins=_origins(env, "CHAT_CORS_ALLOW_ORIGINS"),
             secret_cache_seconds=_whole(env, "CHAT_SECRET_CACHE_SECONDS", cls.secret_cache_seconds),
         )
+
+
+def _routes(env: Mapping[str, str], name: str) -> frozenset[str]:
+    """`"POST /api/chat/stream, GET /x"` -> {"POST /api/chat/stream", "GET /x"} (method upper-cased)."""
+    routes = set()
+    for item in env.get(name, "").split(","):
+        method, _, path = item.strip().partition(" ")
+        if method and path.strip():
+            routes.add(f"{method.upper()} {path.strip()}")
+    return frozenset(routes)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How the Lambda runtime loop answers; the template sets these next to the invoke modes they mirror.
+
+    No Runtime API header says whether the caller can take a stream, so the loop
+    is told: the Function URL's InvokeMode, and which REST routes are deployed
+    with response streaming (`"METHOD resourcePath"`).
+    """
+
+    function_url_streaming: bool = False
+    rest_streaming_routes: frozenset[str] = frozenset()
+    sam_local: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:
+        env = os.environ if env is None else env
+        return cls(
+            function_url_streaming=_text(env, "CHAT_FUNCTION_URL_STREAMING").lower() == "true",
+            rest_streaming_routes=_routes(env, "CHAT_REST_STREAMING_ROUTES"),
+            sam_local=_text(env, "AWS_SAM_LOCAL").lower() == "true",
+        )

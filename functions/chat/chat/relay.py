@@ -131,7 +131,8 @@ class ChatStream(Response):
             await self._fail(send, error)
             return
         try:
-            await self._relay(stream, send, _Watchdog(self.settings, limit, deadline, send), started)
+            trailers = "http.response.trailers" in scope.get("extensions", {})
+            await self._relay(stream, send, _Watchdog(self.settings, limit, deadline, send), started, trailers)
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()
@@ -145,11 +146,13 @@ class ChatStream(Response):
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": json_body({"error": error.message})})
 
-    async def _relay(self, stream: OpenStream, send: Send, watchdog: _Watchdog, started: float) -> None:
+    async def _relay(self, stream: OpenStream, send: Send, watchdog: _Watchdog, started: float, trailers: bool) -> None:
+        """Relay deltas as SSE; with the ASGI trailers extension (the Lambda runtime), report a failure there too."""
         self.outcome.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS, "trailers": trailers})
         loop = watchdog.loop
         ending = sse.DONE
+        failure_message = ""
         try:
             async with asyncio.timeout(None) as timeout:
                 timer = asyncio.ensure_future(watchdog.run(timeout))
@@ -174,11 +177,21 @@ class ChatStream(Response):
                     timer.cancel()
         except TimeoutError:
             self.outcome.error_kind = "timeout"
-            ending = sse.error(watchdog.reason)
+            failure_message = watchdog.reason
         except StreamFailed as failure:
             self.outcome.error_kind = failure.kind
-            ending = sse.error(failure.message)
+            failure_message = failure.message
+        if self.outcome.error_kind is not None:
+            ending = sse.error(failure_message)
         await send({"type": "http.response.body", "body": ending, "more_body": False})
+        if trailers:
+            fields = []
+            if self.outcome.error_kind is not None:
+                fields = [
+                    (b"stream-error-type", self.outcome.error_kind.encode()),
+                    (b"stream-error-message", failure_message.encode("latin-1", "replace")),
+                ]
+            await send({"type": "http.response.trailers", "headers": fields, "more_trailers": False})
 
 
 async def _disconnected(receive: Receive) -> None:

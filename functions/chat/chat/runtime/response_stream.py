@@ -1,0 +1,91 @@
+"""One streamed `/response`: chunked HTTP/1.1 toward the Runtime API, with backpressure.
+
+Wire format (lambda-streaming-runtime.md §2): a JSON prelude, 8 NUL bytes, then
+the body as it is produced, and optional error trailers at the end. Any write
+that fails, or an answer that arrives before we finished, means the caller is
+gone: the stream is marked `gone` and every later write is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import socket
+
+from .client import API_VERSION
+
+DELIMITER = b"\0" * 8
+ERROR_TYPE_TRAILER = "Lambda-Runtime-Function-Error-Type"
+ERROR_BODY_TRAILER = "Lambda-Runtime-Function-Error-Body"
+
+
+class ResponseStream:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.gone = asyncio.Event()
+        # An answer before the body ended means the Runtime API stopped reading: the caller is gone.
+        self._answer: asyncio.Task[bytes] = asyncio.ensure_future(reader.readline())
+        self._answer.add_done_callback(lambda _: self.gone.set())
+        self.status_line = b""
+
+    @classmethod
+    async def open(cls, address: str, request_id: str) -> ResponseStream:
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(
+            (
+                f"POST /{API_VERSION}/runtime/invocation/{request_id}/response HTTP/1.1\r\n"
+                f"Host: {address}\r\n"
+                "Lambda-Runtime-Function-Response-Mode: streaming\r\n"
+                "Transfer-Encoding: chunked\r\n"
+                "Content-Type: application/vnd.awslambda.http-integration-response\r\n"
+                f"Trailer: {ERROR_TYPE_TRAILER}, {ERROR_BODY_TRAILER}\r\n"
+                "\r\n"
+            ).encode("latin-1")
+        )
+        return cls(reader, writer)
+
+    async def write(self, data: bytes) -> None:
+        """Send one chunk and wait until the transport has room again."""
+        if not data or self.gone.is_set():
+            return
+        try:
+            self._writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            self.gone.set()
+
+    async def finish(self, error_type: str | None = None, error: dict[str, object] | None = None) -> bytes:
+        """End the body (with error trailers if given) and return the Runtime API's status line."""
+        try:
+            if not self.gone.is_set():
+                trailers = b""
+                if error_type is not None:
+                    encoded = base64.b64encode(json.dumps(error or {}).encode())
+                    trailers = b"%s: %s\r\n%s: %s\r\n" % (
+                        ERROR_TYPE_TRAILER.encode(),
+                        error_type.encode("latin-1", "replace"),
+                        ERROR_BODY_TRAILER.encode(),
+                        encoded,
+                    )
+                self._writer.write(b"0\r\n" + trailers + b"\r\n")
+                await self._writer.drain()
+            self.status_line = await asyncio.wait_for(self._answer, timeout=5)
+        except (ConnectionError, OSError, TimeoutError):
+            self.gone.set()
+        finally:
+            self._answer.cancel()
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+        return self.status_line
+
+    @property
+    def accepted(self) -> bool:
+        return self.status_line.split(b" ", 2)[1:2] == [b"202"]

@@ -1,0 +1,83 @@
+"""Lambda events as AWS sends them for `POST /api/chat/stream`, for the runtime tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+URL_ID = "abcdefghijklmnopqrstuvwxyz012345"
+
+
+def function_url_event(body: object, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """A Function URL (payload 2.0) event, as in the AWS docs' example."""
+    domain = f"{URL_ID}.lambda-url.eu-west-1.on.aws"
+    return {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": "/api/chat/stream",
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": domain, **(headers or {})},
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": URL_ID,
+            "domainName": domain,
+            "domainPrefix": URL_ID,
+            "http": {
+                "method": "POST",
+                "path": "/api/chat/stream",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "curl/8.5.0",
+            },
+            "requestId": "c7a1f1b5-0000-4000-8000-000000000001",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "25/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1795608000000,
+        },
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def rest_event(body: object, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway REST (proxy, payload 1.0) event."""
+    all_headers = {
+        "Content-Type": "application/json",
+        "Host": "abc123.execute-api.eu-west-1.amazonaws.com",
+        **(headers or {}),
+    }
+    return {
+        "resource": "/api/chat/stream",
+        "path": "/api/chat/stream",
+        "httpMethod": "POST",
+        "headers": all_headers,
+        "multiValueHeaders": {name: [value] for name, value in all_headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "httpMethod": "POST",
+            "path": "/Prod/api/chat/stream",
+            "protocol": "HTTP/1.1",
+            "requestId": "c7a1f1b5-0000-4000-8000-000000000002",
+            "resourceId": "res123",
+            "resourcePath": "/api/chat/stream",
+            "stage": "Prod",
+            "identity": {"sourceIp": "203.0.113.7", "userAgent": "curl/8.5.0"},
+        },
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def split_streamed(payload: bytes) -> tuple[dict[str, Any], bytes]:
+    """A streamed HTTP integration response: (prelude JSON, body after the 8 NUL bytes)."""
+    prelude, separator, body = payload.partition(b"\0" * 8)
+    assert separator, "no 8-NUL delimiter after the prelude"
+    metadata = json.loads(prelude)
+    assert isinstance(metadata, dict)
+    return metadata, body

@@ -1,0 +1,211 @@
+"""A Lambda Runtime API double on 127.0.0.1, written to lambda-streaming-runtime.md.
+
+AWS's emulator (RIE) proves the protocol is accepted but hands streamed bytes
+to the invoker all at once; this double records when each chunk arrived, the
+trailers, and can hang up mid-stream the way RIE does when its caller has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+PREFIX = "/2018-06-01"
+
+
+@dataclass
+class Result:
+    """What the runtime sent back for one invocation."""
+
+    request_id: str
+    kind: str = ""  # "response", "stream" or "error"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    chunks: list[tuple[float, bytes]] = field(default_factory=list)
+    trailers: dict[str, str] = field(default_factory=dict)
+    finished: float = 0.0
+    hung_up: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def json(self) -> dict[str, object]:
+        data = json.loads(self.body)
+        assert isinstance(data, dict)
+        return data
+
+
+@dataclass
+class _Invocation:
+    event: bytes
+    headers: dict[str, str]
+    result: Result
+    hang_up_after_chunks: int | None
+
+
+class RuntimeAPIDouble:
+    def __init__(self) -> None:
+        self.port = 0
+        self.calls: list[str] = []
+        self.init_errors: list[tuple[dict[str, str], bytes]] = []
+        self._results: dict[str, _Invocation] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Invocation] | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="runtime-api-double", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RuntimeAPIDouble:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("Runtime API double did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.get_running_loop().stop()
+
+    def invoke(
+        self,
+        event: object,
+        *,
+        deadline_in: float = 30.0,
+        trace_id: str | None = None,
+        hang_up_after_chunks: int | None = None,
+        wait: float = 30.0,
+    ) -> Result:
+        """Queue one invocation for the runtime's `/next` and wait for its answer."""
+        request_id = str(uuid.uuid4())
+        headers = {
+            "Lambda-Runtime-Aws-Request-Id": request_id,
+            "Lambda-Runtime-Deadline-Ms": str(int((time.time() + deadline_in) * 1000)),
+            "Lambda-Runtime-Invoked-Function-Arn": "arn:aws:lambda:eu-west-1:123456789012:function:chat:live",
+        }
+        if trace_id:
+            headers["Lambda-Runtime-Trace-Id"] = trace_id
+        invocation = _Invocation(json.dumps(event).encode(), headers, Result(request_id), hang_up_after_chunks)
+        self._results[request_id] = invocation
+        assert self._loop is not None
+        assert self._queue is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, invocation)
+        if not invocation.result.done.wait(wait):
+            raise TimeoutError(f"the runtime did not answer invocation {request_id}")
+        return invocation.result
+
+    def wait_for_next(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until the runtime has asked for its `count`-th invocation."""
+        deadline = time.monotonic() + timeout
+        while self.calls.count("GET /runtime/invocation/next") < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the runtime did not call /next {count} times")
+            time.sleep(0.01)
+
+    # -- serving
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._queue = asyncio.Queue()
+        server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        loop.run_forever()
+        server.close()
+        loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._one_request(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        line = await reader.readline()
+        if not line:
+            return False
+        method, path, _ = line.decode("latin-1").split(" ", 2)
+        headers = await _read_fields(reader)
+        self.calls.append(f"{method} {path.removeprefix(PREFIX)}")
+        route = path.removeprefix(PREFIX)
+        if route == "/runtime/invocation/next":
+            assert self._queue is not None
+            invocation = await self._queue.get()
+            _respond(writer, 200, invocation.event, invocation.headers)
+            return True
+        if route == "/runtime/restore/next":
+            _respond(writer, 200, b"")
+            return True
+        if route in ("/runtime/init/error", "/runtime/restore/error"):
+            self.init_errors.append((headers, await _read_body(reader, headers)))
+            _respond(writer, 202, b'{"status":"OK"}')
+            return True
+        request_id, _, kind = route.removeprefix("/runtime/invocation/").partition("/")
+        invocation = self._results[request_id]
+        result = invocation.result
+        result.headers = headers
+        if headers.get("transfer-encoding") == "chunked":
+            result.kind = "stream"
+            if not await self._read_chunks(reader, result, invocation.hang_up_after_chunks):
+                _respond(writer, 400, b'{"errorMessage":"HTTP request detected as truncated"}')
+                result.hung_up = True
+                result.finished = time.monotonic()
+                result.done.set()
+                return False
+        else:
+            result.kind = kind
+            result.body = await _read_body(reader, headers)
+        result.finished = time.monotonic()
+        _respond(writer, 202, b'{"status":"OK"}')
+        result.done.set()
+        return True
+
+    async def _read_chunks(self, reader: asyncio.StreamReader, result: Result, hang_up_after: int | None) -> bool:
+        """Read a chunked body with its trailers; False when told to hang up first."""
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                result.trailers = await _read_fields(reader)
+                return True
+            data = await reader.readexactly(size)
+            await reader.readexactly(2)
+            result.chunks.append((time.monotonic(), data))
+            result.body += data
+            if hang_up_after is not None and len(result.chunks) >= hang_up_after:
+                return False
+
+
+async def _read_fields(reader: asyncio.StreamReader) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    while True:
+        line = (await reader.readline()).decode("latin-1").strip()
+        if not line:
+            return fields
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+    return await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Content-Type: application/json"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)

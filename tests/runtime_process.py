@@ -1,0 +1,72 @@
+"""Start the function's runtime as Lambda does: the exec wrapper, given an interpreter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.support import TEST_KEY
+from tools.fake_openai import FakeOpenAI
+
+FUNCTION_DIR = Path(__file__).resolve().parent.parent / "functions" / "chat"
+WRAPPER = FUNCTION_DIR / "lambda-exec-wrapper"
+# What the managed runtime passes after the interpreter; the wrapper must ignore it.
+BOOTSTRAP = "/var/runtime/bootstrap.py"
+
+
+def runtime_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
+    """A Lambda-like environment aimed at the fake upstream (the template declares the same variables)."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "OPENAI_", "CHAT_", "_X_AMZN"))
+    }
+    env.pop("PYTHONPATH", None)
+    env.update(
+        {
+            "LAMBDA_TASK_ROOT": str(FUNCTION_DIR),
+            "_HANDLER": "chat.handler.handler",
+            "AWS_LAMBDA_FUNCTION_NAME": "chat-stream-chat",
+            "AWS_LAMBDA_FUNCTION_VERSION": "7",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+            "AWS_REGION": "eu-west-1",
+            "OPENAI_API_KEY": TEST_KEY,
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_MODEL": "fake-model",
+            "CHAT_FUNCTION_URL_STREAMING": "true",
+            "POWERTOOLS_METRICS_NAMESPACE": "ChatStreamTest",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class RuntimeProcess:
+    """The runtime (wrapper + loop) as a child process, its output kept for assertions."""
+
+    def __init__(self, env: dict[str, str], prefix: list[str] | None = None) -> None:
+        self.env = env
+        self.command = [*(prefix or []), str(WRAPPER), sys.executable, BOOTSTRAP]
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__, read by `output`
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RuntimeProcess:
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(10)
+        self._log.close()
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    @property
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")

@@ -1,0 +1,27 @@
+"""Where the SAM CLI virtualenv (made by `make test`) keeps its tools, AWS's emulator among them."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAM_VENV = ROOT / ".venv-sam"
+
+
+def sam_tool(name: str) -> Path:
+    path = SAM_VENV / "bin" / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run the suite with `make test`, which creates {SAM_VENV.name}")
+    return path
+
+
+def rie_binary() -> Path:
+    """The Runtime Interface Emulator that ships inside the aws-sam-cli package."""
+    arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+    found = sorted(SAM_VENV.glob(f"lib/python3*/site-packages/samcli/local/rapid/aws-lambda-rie-{arch}"))
+    if not found:
+        pytest.fail(f"aws-lambda-rie-{arch} not found in {SAM_VENV.name}: run the suite with `make test`")
+    return found[0]

@@ -1,14 +1,19 @@
-"""Start the function's runtime as Lambda does: the exec wrapper, given an interpreter."""
+"""Start the function's runtime as Lambda does (the exec wrapper, given an interpreter), alone or under RIE."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import TEST_KEY
+from tests.sam_cli import rie_binary
+from tests.support import TEST_KEY, free_port
 from tools.fake_openai import FakeOpenAI
 
 FUNCTION_DIR = Path(__file__).resolve().parent.parent / "functions" / "chat"
@@ -42,16 +47,19 @@ def runtime_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
     return env
 
 
-class RuntimeProcess:
-    """The runtime (wrapper + loop) as a child process, its output kept for assertions."""
+RUNTIME_COMMAND = [str(WRAPPER), sys.executable, BOOTSTRAP]
 
-    def __init__(self, env: dict[str, str], prefix: list[str] | None = None) -> None:
+
+class ChildProcess:
+    """A child process (by default the runtime: wrapper + loop), its output kept for assertions."""
+
+    def __init__(self, env: dict[str, str], command: list[str] = RUNTIME_COMMAND) -> None:
         self.env = env
-        self.command = [*(prefix or []), str(WRAPPER), sys.executable, BOOTSTRAP]
+        self.command = command
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__, read by `output`
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> RuntimeProcess:
+    def __enter__(self) -> ChildProcess:
         self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         return self
 
@@ -70,3 +78,32 @@ class RuntimeProcess:
     def output(self) -> str:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
+
+
+def wait_for_port(port: int, what: ChildProcess, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {port}:\n{what.output}") from None
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def emulator(env: dict[str, str]) -> Iterator[tuple[str, ChildProcess]]:
+    """AWS's Runtime Interface Emulator running our runtime; yields (invoke URL, process)."""
+    port = free_port()
+    command = [
+        str(rie_binary()),
+        "--runtime-interface-emulator-address",
+        f"127.0.0.1:{port}",
+        "--runtime-api-address",
+        f"127.0.0.1:{free_port()}",
+        *RUNTIME_COMMAND,
+    ]
+    with ChildProcess({"AWS_LAMBDA_FUNCTION_TIMEOUT": "30", **env}, command) as process:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations", process

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +28,18 @@ def rie_binary() -> Path:
     if not found:
         pytest.fail(f"aws-lambda-rie-{arch} not found in {SAM_VENV.name}: run the suite with `make test`")
     return found[0]
+
+
+def python313() -> Path:
+    """python3.13 for `sam build` (the function's runtime): on PATH in CI, beside pyenv's default here."""
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which("python3.13"), *sorted(pyenv_root.glob("versions/3.13*/bin/python3.13"))]
+    for candidate in candidates:
+        if candidate and subprocess.run([candidate, "--version"], capture_output=True).returncode == 0:
+            return Path(candidate)
+    pytest.fail("python3.13 is needed to build the Lambda package (the function's runtime); install it")
+
+
+def build_env() -> dict[str, str]:
+    """The environment `sam build` needs: python3.13 first on PATH, as the Makefile calls it by that name."""
+    return {**os.environ, "PATH": f"{python313().parent}{os.pathsep}{os.environ['PATH']}"}

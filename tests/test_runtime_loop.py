@@ -14,7 +14,7 @@ import pytest
 
 from tests.lambda_events import function_url_event, rest_event, split_streamed
 from tests.runtime_api_double import RuntimeAPIDouble
-from tests.runtime_process import RuntimeProcess, runtime_env
+from tests.runtime_process import ChildProcess, runtime_env
 from tests.support import decode_sse, unique
 from tools.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, deltas
 
@@ -26,19 +26,19 @@ def double() -> Iterator[RuntimeAPIDouble]:
 
 
 @pytest.fixture
-def runtime(double: RuntimeAPIDouble, fake: FakeOpenAI) -> Iterator[RuntimeProcess]:
+def runtime(double: RuntimeAPIDouble, fake: FakeOpenAI) -> Iterator[ChildProcess]:
     env = runtime_env(
         fake,
         AWS_LAMBDA_RUNTIME_API=double.address,
         CHAT_REST_STREAMING_ROUTES="POST /api/chat/stream",
         OPENAI_IDLE_TIMEOUT="5",
     )
-    with RuntimeProcess(env) as process:
+    with ChildProcess(env) as process:
         yield process
 
 
 def test_chunks_leave_as_the_model_produces_them(
-    double: RuntimeAPIDouble, runtime: RuntimeProcess, fake: FakeOpenAI
+    double: RuntimeAPIDouble, runtime: ChildProcess, fake: FakeOpenAI
 ) -> None:
     message = fake.script(unique(), [Delta("one"), Sleep(0.5), Delta(" two"), Sleep(0.5), Delta(" three"), Done()])
     result = double.invoke(function_url_event({"message": message}))
@@ -57,7 +57,7 @@ def test_chunks_leave_as_the_model_produces_them(
 
 
 def test_mid_stream_failure_is_in_band_and_in_the_trailers(
-    double: RuntimeAPIDouble, runtime: RuntimeProcess, fake: FakeOpenAI
+    double: RuntimeAPIDouble, runtime: ChildProcess, fake: FakeOpenAI
 ) -> None:
     message = fake.script(unique(), [Delta("partial"), Sleep(0.1), Reset()])
     result = double.invoke(function_url_event({"message": message}))
@@ -72,7 +72,7 @@ def test_mid_stream_failure_is_in_band_and_in_the_trailers(
 
 
 def test_the_stream_ends_cleanly_before_the_deadline(
-    double: RuntimeAPIDouble, runtime: RuntimeProcess, fake: FakeOpenAI
+    double: RuntimeAPIDouble, runtime: ChildProcess, fake: FakeOpenAI
 ) -> None:
     message = fake.script(unique(), [Delta("slow"), Stall()])
     result = double.invoke(function_url_event({"message": message}), deadline_in=4.0)
@@ -88,7 +88,7 @@ def test_the_stream_ends_cleanly_before_the_deadline(
 
 
 def test_a_failed_write_cancels_the_upstream_and_the_loop_goes_on(
-    double: RuntimeAPIDouble, runtime: RuntimeProcess, fake: FakeOpenAI
+    double: RuntimeAPIDouble, runtime: ChildProcess, fake: FakeOpenAI
 ) -> None:
     words = [f"w{i} " for i in range(200)]
     steps = [step for word in words for step in (Delta(word), Sleep(0.02))]
@@ -105,7 +105,7 @@ def test_a_failed_write_cancels_the_upstream_and_the_loop_goes_on(
 
 
 def test_rest_events_stream_only_on_configured_routes(
-    double: RuntimeAPIDouble, runtime: RuntimeProcess, fake: FakeOpenAI
+    double: RuntimeAPIDouble, runtime: ChildProcess, fake: FakeOpenAI
 ) -> None:
     message = fake.script(unique(), deltas("rest", " streamed"))
     streamed = double.invoke(rest_event({"message": message}))
@@ -121,14 +121,14 @@ def test_rest_events_stream_only_on_configured_routes(
     assert json.loads(str(buffered.json["body"])) == {"status": "ok"}
 
 
-def test_bad_request_on_a_stream_is_a_clean_status(double: RuntimeAPIDouble, runtime: RuntimeProcess) -> None:
+def test_bad_request_on_a_stream_is_a_clean_status(double: RuntimeAPIDouble, runtime: ChildProcess) -> None:
     result = double.invoke(function_url_event({"wrong": "field"}))
     prelude, body = split_streamed(result.body)
     assert prelude["statusCode"] == 400
     assert json.loads(body) == {"error": "Invalid request body"}
 
 
-def test_unknown_event_is_an_invocation_error(double: RuntimeAPIDouble, runtime: RuntimeProcess) -> None:
+def test_unknown_event_is_an_invocation_error(double: RuntimeAPIDouble, runtime: ChildProcess) -> None:
     result = double.invoke({"Records": [{"eventSource": "aws:sqs"}]})
     assert result.kind == "error"
     assert result.headers["lambda-runtime-function-error-type"] == "Function.Unhandled"
@@ -136,7 +136,7 @@ def test_unknown_event_is_an_invocation_error(double: RuntimeAPIDouble, runtime:
 
 
 def test_trace_id_and_request_id_reach_the_logs(
-    double: RuntimeAPIDouble, runtime: RuntimeProcess, fake: FakeOpenAI
+    double: RuntimeAPIDouble, runtime: ChildProcess, fake: FakeOpenAI
 ) -> None:
     trace = "Root=1-67a1b2c3-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1"
     result = double.invoke(function_url_event({"message": fake.script(unique(), deltas("x"))}), trace_id=trace)
@@ -155,7 +155,7 @@ def test_trace_id_and_request_id_reach_the_logs(
 
 def test_import_failure_is_reported_to_init_error(double: RuntimeAPIDouble, fake: FakeOpenAI) -> None:
     env = runtime_env(fake, AWS_LAMBDA_RUNTIME_API=double.address, _HANDLER="chat.missing_module.handler")
-    with RuntimeProcess(env) as process:
+    with ChildProcess(env) as process:
         assert process.wait(30) == 1
     ((headers, body),) = double.init_errors
     assert headers["lambda-runtime-function-error-type"] == "Runtime.ImportModuleError"
@@ -164,7 +164,7 @@ def test_import_failure_is_reported_to_init_error(double: RuntimeAPIDouble, fake
 
 def test_snapstart_waits_for_restore_before_serving(double: RuntimeAPIDouble, fake: FakeOpenAI) -> None:
     env = runtime_env(fake, AWS_LAMBDA_RUNTIME_API=double.address, AWS_LAMBDA_INITIALIZATION_TYPE="snap-start")
-    with RuntimeProcess(env):
+    with ChildProcess(env):
         result = double.invoke(function_url_event({"message": fake.script(unique(), deltas("restored"))}))
     assert decode_sse(split_streamed(result.body)[1])[0] == ("message", "restored")
     assert double.calls[:2] == ["GET /runtime/restore/next", "GET /runtime/invocation/next"]

@@ -7,17 +7,14 @@ protocol is accepted and the bytes are right; timing lives in test_runtime_loop.
 from __future__ import annotations
 
 import json
-import socket
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.lambda_events import function_url_event, rest_event, split_streamed
-from tests.runtime_process import RuntimeProcess, runtime_env
-from tests.sam_cli import rie_binary
-from tests.support import decode_sse, free_port, unique
+from tests.runtime_process import emulator, runtime_env
+from tests.support import decode_sse, unique
 from tools.fake_openai import FakeOpenAI, deltas
 
 CONTENT = ["Hello", " wor", "ld\n", "  spaced", "", "🙂 done"]
@@ -25,27 +22,9 @@ CONTENT = ["Hello", " wor", "ld\n", "  spaced", "", "🙂 done"]
 
 @pytest.fixture(scope="module")
 def invoke_url(fake: FakeOpenAI) -> Iterator[str]:
-    port, api_port = free_port(), free_port()
-    env = runtime_env(fake, AWS_LAMBDA_FUNCTION_TIMEOUT="30")
-    prefix = [
-        str(rie_binary()),
-        "--runtime-interface-emulator-address",
-        f"127.0.0.1:{port}",
-        "--runtime-api-address",
-        f"127.0.0.1:{api_port}",
-    ]
-    with RuntimeProcess(env, prefix) as emulator:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"RIE did not start:\n{emulator.output}") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations"
-        assert "not accepted" not in emulator.output, emulator.output
+    with emulator(runtime_env(fake)) as (url, process):
+        yield url
+        assert "not accepted" not in process.output, process.output
 
 
 def expected_events() -> list[tuple[str, str]]:

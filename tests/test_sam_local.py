@@ -1,0 +1,53 @@
+"""`sam local start-api` behaviour: SAM CLI's own local API Gateway service routes to our function.
+
+SAM's service runs from template.yaml in the SAM CLI virtualenv (tests/sam_local_api.py);
+the function runs under AWS's emulator with AWS_SAM_LOCAL=true, so the answer is
+buffered into one API Gateway proxy response, as it is under the real command.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.runtime_process import ChildProcess, emulator, runtime_env, wait_for_port
+from tests.sam_cli import ROOT, sam_tool
+from tests.support import decode_sse, free_port, unique
+from tools.fake_openai import FakeOpenAI, deltas
+
+
+@pytest.fixture(scope="module")
+def local_api(fake: FakeOpenAI) -> Iterator[str]:
+    with emulator(runtime_env(fake, AWS_SAM_LOCAL="true")) as (invoke_url, _):
+        port = free_port()
+        command = [str(sam_tool("python")), str(ROOT / "tests" / "sam_local_api.py"), str(ROOT / "template.yaml")]
+        with ChildProcess(dict(os.environ), [*command, str(port), invoke_url]) as sam:
+            wait_for_port(port, sam)
+            yield f"http://127.0.0.1:{port}"
+
+
+def test_post_streams_the_whole_event_sequence(local_api: str, fake: FakeOpenAI) -> None:
+    message = fake.script(unique(), deltas("Hi", " there", "\n", "!"))
+    response = httpx.post(f"{local_api}/api/chat/stream", json={"message": message}, timeout=60)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert decode_sse(response.content) == [
+        ("message", "Hi"),
+        ("message", " there"),
+        ("message", "\n"),
+        ("message", "!"),
+        ("message", "[DONE]"),
+    ]
+
+
+def test_bad_body_is_the_contract_400(local_api: str) -> None:
+    response = httpx.post(f"{local_api}/api/chat/stream", content=b'{"message": 42}', timeout=60)
+    assert response.status_code == 400
+    assert response.json() == {"error": "Invalid request body"}
+
+
+def test_only_the_template_routes_exist(local_api: str) -> None:
+    assert httpx.get(f"{local_api}/healthz", timeout=60).status_code == 403  # SAM's "Missing Authentication Token"

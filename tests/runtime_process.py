@@ -67,7 +67,11 @@ class ChildProcess:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.terminate()
-        self.process.wait(10)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:  # SAM's Flask server may ignore SIGTERM
+            self.process.kill()
+            self.process.wait(5)
         self._log.close()
 
     def wait(self, timeout: float) -> int:

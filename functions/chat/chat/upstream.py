@@ -1,7 +1,7 @@
 """The OpenAI-compatible upstream: opening a streamed completion and reading its deltas.
 
-The official SDK makes the request (auth, base URL, error types), but the stream is
-read raw: building a pydantic model per chunk is most of an idiomatic relay's CPU
+The official SDK makes the request (auth, base URL, retries, error types), but the
+stream is read raw: building a pydantic model per chunk is most of an idiomatic relay's CPU
 cost, while the only field needed is `choices[0].delta.content`.
 """
 
@@ -218,17 +218,20 @@ class Upstream:
             raise UpstreamError(502, "The model's server could not be reached.", "unreachable") from None
 
     async def _create(self, key: str, chat: ChatRequest) -> OpenStream:
-        client = self._client(key)
-        options: dict[str, Any] = {}
+        """POST the completion through the SDK's generic `post`: same auth, base URL, retries and
+        error types as `chat.completions.create`, without re-validating a body built from checked
+        input (that transform was a third of the SDK's per-request CPU)."""
+        import httpx2
+
+        body: dict[str, Any] = {
+            "model": self._settings.openai_model,
+            "messages": chat.openai_messages(),
+            "stream": True,
+        }
         if self._settings.openai_max_tokens is not None:
-            options["max_tokens"] = self._settings.openai_max_tokens
-        response = await client.chat.completions.with_raw_response.create(
-            model=self._settings.openai_model,
-            messages=chat.openai_messages(),  # type: ignore[arg-type]
-            stream=True,
-            **options,
-        )
-        return OpenStream(response=response.http_response, secrets=self.secrets())
+            body["max_tokens"] = self._settings.openai_max_tokens
+        response = await self._client(key).post("/chat/completions", cast_to=httpx2.Response, body=body, stream=True)
+        return OpenStream(response=response, secrets=self.secrets())
 
     def _client(self, key: str) -> AsyncOpenAI:
         import asyncio

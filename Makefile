@@ -7,12 +7,12 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 
 .PHONY: run test lint typecheck unit bench load clean
 
-$(VENV)/.installed: requirements.txt functions/chat/requirements.txt
+$(VENV)/.installed: requirements.txt constraints.txt functions/chat/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) -r requirements.txt
 	touch $@
 
-$(SAM_VENV)/.installed: tests/requirements-sam.txt
+$(SAM_VENV)/.installed: tests/requirements-sam.txt tests/constraints-sam.txt
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install $(PIP_FLAGS) -r tests/requirements-sam.txt
 	touch $@

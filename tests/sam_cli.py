@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tools import lambda_python
 
 ROOT = Path(__file__).resolve().parent.parent
 SAM_VENV = ROOT / ".venv-sam"
@@ -31,13 +31,10 @@ def rie_binary() -> Path:
 
 
 def python313() -> Path:
-    """python3.13 for `sam build` (the function's runtime): on PATH in CI, beside pyenv's default here."""
-    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = [shutil.which("python3.13"), *sorted(pyenv_root.glob("versions/3.13*/bin/python3.13"))]
-    for candidate in candidates:
-        if candidate and subprocess.run([candidate, "--version"], capture_output=True).returncode == 0:
-            return Path(candidate)
-    pytest.fail("python3.13 is needed to build the Lambda package (the function's runtime); install it")
+    try:
+        return lambda_python.python313()
+    except lambda_python.NoPython313 as error:
+        pytest.fail(str(error))
 
 
 def build_env() -> dict[str, str]:

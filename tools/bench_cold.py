@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.bench_stream import ROOT, BenchError, app_env
+from tools.lambda_events import rest_event
+from tools.lambda_python import python313
 
 FUNCTION = ROOT / "functions" / "chat"
 CACHE = ROOT / ".bench-cache"
@@ -36,7 +38,7 @@ def _run_build(command: list[str], name: str) -> None:
 
 
 def _build_service(target: Path) -> None:
-    _run_build([python313(), str(FUNCTION / "build_package.py"), str(target), "--arch", ARCH], "service")
+    _run_build([str(python313()), str(FUNCTION / "build_package.py"), str(target), "--arch", ARCH], "service")
 
 
 def _build_baseline(target: Path) -> None:
@@ -44,7 +46,7 @@ def _build_baseline(target: Path) -> None:
     script = (
         f"import build_package, pathlib; build_package.install_dependencies(pathlib.Path({str(target)!r}), {ARCH!r})"
     )
-    _run_build([python313(), "-c", script, str(target), ARCH], "baseline")
+    _run_build([str(python313()), "-c", script, str(target), ARCH], "baseline")
     shutil.copy2(ROOT / "tools" / "bench_baseline.py", target)
 
 
@@ -76,11 +78,6 @@ SERVICE_PACKAGE = Package(
 BASELINE_PACKAGE = Package(
     "baseline", "bench_baseline", (FUNCTION / "requirements.txt", ROOT / "tools" / "bench_baseline.py"), _build_baseline
 )
-
-
-def python313() -> str:
-    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip()
-    return str(Path(root) / "versions" / "3.13.0" / "bin" / "python3.13")
 
 
 def built(package: Package) -> Path:
@@ -117,7 +114,7 @@ def _env(package_dir: Path, base_url: str) -> dict[str, str]:
 def import_ms(package: Package, package_dir: Path, core: set[int] | None) -> float:
     """`python3.13 -X importtime -c "import <handler module>"`: the module's cumulative import time."""
     process = subprocess.Popen(
-        [python313(), "-X", "importtime", "-c", f"import {package.module}"],
+        [str(python313()), "-X", "importtime", "-c", f"import {package.module}"],
         cwd=package_dir,
         env=_env(package_dir, "http://127.0.0.1:9/v1"),
         stdout=subprocess.DEVNULL,
@@ -151,35 +148,14 @@ print(json.dumps(handler(json.loads(sys.argv[1]), Context())), flush=True)
 """
 
 
-def api_gateway_event(message: str) -> dict[str, object]:
-    """An API Gateway REST API proxy event for `POST /api/chat/stream`."""
-    headers = {"content-type": "application/json", "host": "abc123.execute-api.us-east-1.amazonaws.com"}
-    return {
-        "resource": "/api/chat/stream",
-        "path": "/api/chat/stream",
-        "httpMethod": "POST",
-        "headers": headers,
-        "multiValueHeaders": {name: [value] for name, value in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": "/api/chat/stream",
-            "httpMethod": "POST",
-            "path": "/prod/api/chat/stream",
-            "stage": "prod",
-            "requestId": "bench",
-            "identity": {"sourceIp": "127.0.0.1"},
-        },
-        "body": json.dumps({"message": message}),
-        "isBase64Encoded": False,
-    }
-
-
 def first_answer_ms(package: Package, package_dir: Path, base_url: str, core: set[int] | None) -> float:
     """Milliseconds from spawning python3.13 to the handler returning a complete SSE answer."""
-    command = [python313(), "-c", FIRST_ANSWER.format(module=package.module), json.dumps(api_gateway_event("hi"))]
+    command = [
+        str(python313()),
+        "-c",
+        FIRST_ANSWER.format(module=package.module),
+        json.dumps(rest_event({"message": "hi"})),
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=package_dir, env=_env(package_dir, base_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.sam_cli import ROOT, build_env, python313, sam_tool
+from tools import cold_path
+from tools.fake_openai import FakeOpenAI
 
 FUNCTION_DIR = ROOT / "functions" / "chat"
 
@@ -62,8 +64,10 @@ def test_sam_build_makes_an_arm64_package_on_our_runtime(arm64_package: Path) ->
     extensions = [name for name in shipped if name.endswith(".so")]
     assert extensions
     assert all("aarch64" in name for name in extensions), extensions
-    # Dependencies ship as bytecode only: nothing to compile on a read-only /var/task at cold start.
-    assert not [name for name in shipped if name.endswith(".py") and not name.startswith("chat/")]
+    # Cold-path dependencies ship as bytecode only: nothing to compile on a read-only /var/task.
+    for module in cold_path.committed():
+        assert f"{module}.pyc" in shipped
+        assert f"{module}.py" not in shipped
 
 
 def test_the_handler_imports_from_the_built_package(arm64_package: Path, x86_64_twin: Path) -> None:
@@ -89,3 +93,10 @@ def test_the_zipped_package_fits_lambda(arm64_package: Path, tmp_path: Path) -> 
         for path in sorted(arm64_package.rglob("*")):
             zipped.write(path, path.relative_to(arm64_package))
     assert archive.stat().st_size < 50 * 1024 * 1024  # Lambda's limit for a directly uploaded zip
+
+
+def test_the_cold_path_list_matches_what_the_package_imports(x86_64_twin: Path, fake: FakeOpenAI) -> None:
+    """Only cold-path modules ship as bytecode; a stale list would compile modules in memory at cold start."""
+    assert cold_path.record(x86_64_twin, fake.base_url) == cold_path.committed(), (
+        "functions/chat/cold_path.txt is stale: regenerate it with `.venv/bin/python -m tools.cold_path`"
+    )

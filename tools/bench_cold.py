@@ -70,6 +70,7 @@ SERVICE_PACKAGE = Package(
     (
         FUNCTION / "requirements.txt",
         FUNCTION / "build_package.py",
+        FUNCTION / "cold_path.txt",
         FUNCTION / "lambda-exec-wrapper",
         *_sources(FUNCTION / "chat"),
     ),

@@ -1,0 +1,98 @@
+"""Record which dependency modules the function imports on its cold path: `python -m tools.cold_path`.
+
+`functions/chat/build_package.py` ships exactly these as compiled bytecode and every
+other dependency module as source. Bytecode is what makes the cold import fast (no
+compiling on a read-only /var/task), but it zips worse than source, and most of the
+SDK (Assistants, Realtime, admin APIs ...) is never imported by this service. A
+module missing from the list still works; it is just compiled in memory if it is
+ever imported. The test suite checks the list matches what the built package imports.
+
+The cold path is: import the handler, the SnapStart warm-up imports, the runtime
+loop, then one streamed answer through the handler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from tools.fake_openai import FakeOpenAI
+from tools.lambda_events import rest_event
+from tools.lambda_python import python313
+
+ROOT = Path(__file__).resolve().parent.parent
+LIST = ROOT / "functions" / "chat" / "cold_path.txt"
+HEADER = "# Dependency modules on the function's cold path (see tools/cold_path.py); regenerate with\n"
+HEADER += "# `.venv/bin/python -m tools.cold_path` after changing functions/chat/requirements.txt.\n"
+
+PROBE = """
+import json, sys
+import chat.handler, chat.runtime.loop
+from chat import snapstart
+
+class Context:
+    aws_request_id = "cold-path"
+    function_name = "chat"
+    memory_limit_in_mb = "512"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:chat"
+
+    def get_remaining_time_in_millis(self):
+        return 30000
+
+snapstart.warm_imports()
+answer = chat.handler.handler(json.loads(sys.argv[1]), Context())
+assert answer["statusCode"] == 200 and "data:[DONE]" in answer["body"], answer
+"""
+
+
+def record(package_dir: Path, base_url: str) -> list[str]:
+    """Module paths (relative, no suffix) of dependencies the cold path imports from `package_dir`."""
+    # Lambda's runtime provides boto3 (Powertools' parameters import it); borrow this venv's
+    # pure-Python copy, after the package so nothing of the package is shadowed.
+    path = f"{package_dir}{os.pathsep}{sysconfig.get_paths()['purelib']}"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.update(OPENAI_API_KEY="sk-cold-path", OPENAI_BASE_URL=base_url, POWERTOOLS_METRICS_DISABLED="true")
+    result = subprocess.run(
+        # -X importtime names every module executed; a scan of sys.modules missed some of anyio's.
+        [str(python313()), "-X", "importtime", "-c", PROBE, json.dumps(rest_event({"message": "hi"}))],
+        cwd=package_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the cold-path probe failed:\n{result.stderr[-3000:]}")
+    modules = set()
+    for line in result.stderr.splitlines():
+        name = line.rpartition("|")[2].strip()
+        if not line.startswith("import time:") or not name or name.split(".")[0] == "chat":
+            continue
+        base = name.replace(".", "/")
+        for candidate in (base, f"{base}/__init__"):
+            if any((package_dir / f"{candidate}{suffix}").is_file() for suffix in (".py", ".pyc")):
+                modules.add(candidate)
+    return sorted(modules)
+
+
+def committed() -> list[str]:
+    return [line for line in LIST.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as temporary, FakeOpenAI() as fake:
+        package = Path(temporary) / "package"
+        build = [str(python313()), "build_package.py", str(package), "--arch", "x86_64"]
+        subprocess.run(build, cwd=LIST.parent, check=True, capture_output=True)
+        modules = record(package, fake.base_url)
+    LIST.write_text(HEADER + "\n".join(modules) + "\n")
+    print(f"{LIST.relative_to(ROOT)}: {len(modules)} modules", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

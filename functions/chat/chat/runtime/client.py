@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import traceback
 from dataclasses import dataclass
 
 from .context import ContextError, LambdaContext
 
 API_VERSION = "2018-06-01"
+log = logging.getLogger("chat.runtime")
 
 
 class RuntimeAPIError(RuntimeError):
@@ -72,11 +74,13 @@ class RuntimeClient:
             return Invocation(event=event, context=context, trace_id=headers.get("lambda-runtime-trace-id") or None)
 
     def post_response(self, request_id: str, body: bytes) -> None:
-        status, _, _ = self._request(
+        status, _, answer = self._request(
             "POST", f"/runtime/invocation/{request_id}/response", body, {"Content-Type": "application/json"}
         )
         if status >= 500:
             raise RuntimeAPIError(f"/response answered {status}")
+        if status != 202:  # 413: over Lambda's 6 MB buffered limit; the caller gets Lambda's error
+            log.warning("response refused with %s: %s", status, answer[:200].decode(errors="replace"))
 
     def post_error(self, request_id: str, payload: dict[str, object], error_type: str) -> None:
         self._post_error(f"/runtime/invocation/{request_id}/error", payload, error_type)

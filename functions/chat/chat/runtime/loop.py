@@ -99,7 +99,10 @@ class Runtime:
         self.loop.run_until_complete(self._stream_async(parsed, context))
 
     async def _stream_async(self, parsed: Any, context: LambdaContext) -> None:
-        stream = await ResponseStream.open(self.client.address, context.aws_request_id)
+        try:
+            stream = await ResponseStream.open(self.client.address, context.aws_request_id)
+        except OSError as error:
+            raise RuntimeAPIError(f"cannot open the streamed response: {error}") from error
         await stream_response(
             self.handler.app,
             parsed,

@@ -1,0 +1,343 @@
+"""Each way the upstream, the client or Secrets Manager can fail, and what the service's client must see then.
+
+A fault case scripts the fake upstream for one request (or starts a failing Secrets
+Manager endpoint), sends it through the service and returns one table row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import json
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tools.fake_openai import (
+    Delta,
+    Done,
+    FakeOpenAI,
+    HeaderDelay,
+    Raw,
+    Reply,
+    Reset,
+    Sleep,
+    Stall,
+    Step,
+    Truncate,
+    deltas,
+    openai_error,
+)
+from tools.loadtest.client import STREAM_PATH, Seen, ask, post
+from tools.loadtest.options import MiB, Options
+from tools.loadtest.service import LOAD_KEY, ServiceProcess
+
+
+@dataclass
+class FaultRow:
+    case: str
+    expected: str
+    saw: str
+    passed: bool
+
+
+Fault = Callable[[httpx.AsyncClient, ServiceProcess, FakeOpenAI, Options], Awaitable[FaultRow]]
+
+
+def _key(label: str) -> str:
+    return f"{label}-{random.getrandbits(48):012x}"
+
+
+def _ended_with_error(seen: Seen, keep: Sequence[str] = ()) -> bool:
+    return (
+        seen.status == 200
+        and bool(seen.events)
+        and seen.events[-1][0] == "error"
+        and ("message", "[DONE]") not in seen.events
+        and seen.messages == list(keep)
+    )
+
+
+def _json_error(seen: Seen, status: int) -> bool:
+    return seen.status == status and bool(seen.error) and seen.headers.get("content-type") == "application/json"
+
+
+async def stall_before_headers(
+    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+) -> FaultRow:
+    key = fake.script(_key("stall-headers"), [HeaderDelay(options.first_token_timeout + 30)])
+    started = time.perf_counter()
+    seen = await post(client, service.url, key)
+    took = time.perf_counter() - started
+    ok = _json_error(seen, 504) and took < options.first_token_timeout + 2
+    return FaultRow("stall before headers", "504 JSON", f"{seen.describe()} after {took:.1f} s", ok)
+
+
+async def stall_before_first_token(
+    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+) -> FaultRow:
+    key = fake.script(_key("stall-first"), [Raw(b": waiting\n\n"), Stall()])
+    started = time.perf_counter()
+    seen = await post(client, service.url, key)
+    took = time.perf_counter() - started
+    ok = _ended_with_error(seen) and took < options.first_token_timeout + 2
+    return FaultRow("stall after headers, no token", "event:error", f"{seen.describe()} after {took:.1f} s", ok)
+
+
+async def stall_mid_stream(
+    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+) -> FaultRow:
+    key = fake.script(_key("stall-mid"), [Delta("partial"), Stall()])
+    started = time.perf_counter()
+    seen = await post(client, service.url, key)
+    took = time.perf_counter() - started
+    ok = _ended_with_error(seen, ["partial"]) and took < options.idle_timeout + 2
+    return FaultRow("stall mid-stream", "event:error, no [DONE]", f"{seen.describe()} after {took:.1f} s", ok)
+
+
+async def reset(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+    seen = await post(client, service.url, fake.script(_key("reset"), [Delta("partial"), Reset()]))
+    return FaultRow("connection reset", "event:error, no [DONE]", seen.describe(), _ended_with_error(seen, ["partial"]))
+
+
+async def truncated(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+    seen = await post(client, service.url, fake.script(_key("truncate"), [Delta("partial"), Truncate()]))
+    return FaultRow("truncated body", "event:error, no [DONE]", seen.describe(), _ended_with_error(seen, ["partial"]))
+
+
+async def stream_error(
+    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+) -> FaultRow:
+    error = Raw(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
+    seen = await post(client, service.url, fake.script(_key("stream-error"), [Delta("partial"), error]))
+    return FaultRow("error object mid-stream", "event:error", seen.describe(), _ended_with_error(seen, ["partial"]))
+
+
+async def html_502(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    seen = await post(client, service.url, fake.script(_key("html"), [Reply(502, page, "text/html")]))
+    ok = _json_error(seen, 502) and "<" not in (seen.error or "<")
+    return FaultRow("HTML 502 page", "502 JSON, no HTML", seen.describe(), ok)
+
+
+async def rate_limit_storm(
+    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+) -> FaultRow:
+    body = openai_error(429, "Rate limit reached for requests", "requests").body
+    key = fake.script(_key("storm"), [Reply(429, body, headers=(("retry-after", "7"),))])
+    seen = await asyncio.gather(*(post(client, service.url, key) for _ in range(options.storm)))
+    good = sum(1 for s in seen if _json_error(s, 429) and s.headers.get("retry-after") == "7")
+    saw = f"{good}/{options.storm} got 429 JSON with Retry-After 7"
+    bad = next((s for s in seen if not (_json_error(s, 429) and s.headers.get("retry-after") == "7")), None)
+    return FaultRow(
+        f"429 storm ({options.storm} at once)",
+        "429 JSON + Retry-After",
+        saw + (f"; e.g. {bad.describe()}" if bad else ""),
+        good == options.storm,
+    )
+
+
+async def slow_drip(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+    event = b'data:{"choices":[{"delta":{"content":"drip"}}]}\n\n'
+    steps: list[Step] = [Delta("before")]
+    for byte in event:
+        steps += [Sleep(options.drip_interval), Raw(bytes([byte]))]
+    steps.append(Done())
+    started = time.perf_counter()
+    seen = await post(client, service.url, fake.script(_key("drip"), steps))
+    took = time.perf_counter() - started
+    ok = seen.status == 200 and seen.messages == ["before", "drip", "[DONE]"]
+    return FaultRow(
+        f"slow drip ({len(event)} B, 1 B / {options.drip_interval:g} s)",
+        "delta intact, [DONE]",
+        f"{seen.describe()} after {took:.1f} s",
+        ok,
+    )
+
+
+def big_text(size: int) -> str:
+    """Deterministic text with words, leading spaces and line breaks, `size` characters long."""
+    rng = random.Random(5)
+    alphabet = "abcdefghijklmnopqrstuvwxyz     \n"
+    return "".join(rng.choice(alphabet) for _ in range(size))
+
+
+async def big_delta(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+    text = big_text(options.big_delta_bytes)
+    seen = await post(client, service.url, fake.script(_key("big"), deltas(text)))
+    ok = seen.status == 200 and seen.messages == [text, "[DONE]"]
+    got = len(seen.messages[0]) if seen.messages else 0
+    return FaultRow(
+        f"{options.big_delta_bytes / MiB:g} MiB delta", "arrives intact", f"{got} chars, identical: {ok}", ok
+    )
+
+
+async def _disconnect_once(service: ServiceProcess, fake: FakeOpenAI, rng: random.Random) -> tuple[str, float | None]:
+    """One client that leaves at a random point; returns (where, upstream close lag or None if never opened)."""
+    where = rng.choice(["before upstream headers", "mid-stream", "during a stall"])
+    script: list[Step]
+    if where == "before upstream headers":
+        script = [HeaderDelay(30)]
+    elif where == "mid-stream":
+        script = [step for _ in range(200) for step in (Delta("x"), Sleep(0.05))]
+    else:
+        script = [Delta("x"), Stall()]
+    key = fake.script(_key("leave"), script)
+    body = json.dumps({"message": key}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+    writer.write(
+        b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+        % (STREAM_PATH.encode(), len(body), body)
+    )
+    await writer.drain()
+    if where == "before upstream headers":
+        await asyncio.sleep(rng.uniform(0.05, 0.5))
+    else:
+        wanted = rng.randint(1, 5) if where == "mid-stream" else 1
+        received = b""
+        while received.count(b"event:message") < wanted:
+            chunk = await reader.read(4096)
+            if not chunk:
+                break
+            received += chunk
+        await asyncio.sleep(rng.uniform(0, 0.3))
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    left = time.monotonic()
+    deadline = left + 2
+    while time.monotonic() < deadline:
+        records = fake.requests_for(key)
+        if records and records[0].client_closed is not None:
+            return where, max(0.0, records[0].client_closed - left)
+        await asyncio.sleep(0.01)
+    records = fake.requests_for(key)
+    return where, (None if not records else float("inf"))
+
+
+async def client_disconnects(
+    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+) -> FaultRow:
+    rng = random.Random(11)
+    results = await asyncio.gather(*(_disconnect_once(service, fake, rng) for _ in range(options.disconnects)))
+    lags = [lag for _, lag in results if lag is not None]
+    closed = [lag for lag in lags if lag != float("inf")]
+    late = [where for where, lag in results if lag is not None and lag > 1.0]
+    saw = (
+        f"{len(closed)}/{len(lags)} upstream requests closed, slowest {max(closed, default=0.0) * 1000:.0f} ms"
+        f" after its client ({len(results) - len(lags)} clients left before the upstream request)"
+    )
+    if late:
+        saw += f"; late: {', '.join(sorted(set(late)))}"
+    return FaultRow(f"random client disconnects ({options.disconnects})", "upstream closed <= 1 s", saw, not late)
+
+
+# ---------------------------------------------------------------- Secrets Manager down, throttled, back
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """Answers every Secrets Manager call the way AWS does when throttling."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        body = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+        self.send_response(400)
+        self.send_header("content-type", "application/x-amz-json-1.1")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the table is the output."""
+
+
+@contextlib.contextmanager
+def throttling_endpoint(port: int) -> Iterator[None]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Throttling)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+STORED_KEY_NAME = "loadtest/openai-key"
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_MAX_ATTEMPTS": "1",
+}
+
+
+def secrets_manager_env(endpoint_port: int) -> dict[str, str]:
+    """Environment of the service secrets_manager_rows asks: its key is read from Secrets Manager at endpoint_port."""
+    return {
+        **AWS_TEST_ENV,
+        "OPENAI_API_KEY": "",
+        "OPENAI_API_KEY_SECRET_ID": STORED_KEY_NAME,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{endpoint_port}",
+        "CHAT_SECRET_CACHE_SECONDS": "300",
+    }
+
+
+def secrets_manager_rows(
+    fake: FakeOpenAI, options: Options, service: ServiceProcess, endpoint_port: int
+) -> list[FaultRow]:
+    """Down (closed port), then throttling, then moto on the same port: 503s, then recovery in the same process."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    key = fake.script(_key("secret"), deltas("recovered"))
+    pid = service.state()["pid"]
+
+    def ask_once() -> Seen:
+        return asyncio.run(ask(service, key))
+
+    rows = []
+    down = ask_once()
+    alive = httpx.get(f"{service.url}/healthz", timeout=5).status_code == 200
+    rows.append(
+        FaultRow(
+            "Secrets Manager down",
+            "503 JSON, still serving",
+            f"{down.describe()}; healthz ok: {alive}",
+            _json_error(down, 503) and alive,
+        )
+    )
+    with throttling_endpoint(endpoint_port):
+        throttled = ask_once()
+    rows.append(FaultRow("Secrets Manager throttling", "503 JSON", throttled.describe(), _json_error(throttled, 503)))
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=endpoint_port, verbose=False)
+    moto.start()
+    try:
+        boto3.client(
+            "secretsmanager",
+            endpoint_url=f"http://127.0.0.1:{endpoint_port}",
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
+        ).create_secret(Name=STORED_KEY_NAME, SecretString=LOAD_KEY)
+        back = ask_once()
+    finally:
+        moto.stop()
+    same = service.state()["pid"] == pid
+    ok = back.status == 200 and back.messages == ["recovered", "[DONE]"] and same
+    rows.append(
+        FaultRow(
+            "Secrets Manager back (moto)", "200 stream, no restart", f"{back.describe()}; same process: {same}", ok
+        )
+    )
+    return rows

@@ -19,6 +19,7 @@ from .client import API_VERSION
 DELIMITER = b"\0" * 8
 ERROR_TYPE_TRAILER = "Lambda-Runtime-Function-Error-Type"
 ERROR_BODY_TRAILER = "Lambda-Runtime-Function-Error-Body"
+FINISH_SECONDS = 5.0  # for the end of the body to leave and the Runtime API to answer
 
 
 class ResponseStream:
@@ -75,15 +76,19 @@ class ResponseStream:
                         encoded,
                     )
                 self._writer.write(b"0\r\n" + trailers + b"\r\n")
-                await self._writer.drain()
-            self.status_line = await asyncio.wait_for(self._answer, timeout=5)
+                # Bounded: a peer that stopped reading must not hold the invocation past its deadline.
+                await asyncio.wait_for(self._writer.drain(), timeout=FINISH_SECONDS)
+            self.status_line = await asyncio.wait_for(self._answer, timeout=FINISH_SECONDS)
         except (ConnectionError, OSError, TimeoutError):
             self.gone.set()
         finally:
             self._answer.cancel()
-            self._writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._writer.wait_closed()
+            if self.gone.is_set():
+                self._writer.transport.abort()  # unsent bytes would keep a graceful close waiting
+            else:
+                self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await asyncio.wait_for(self._writer.wait_closed(), timeout=FINISH_SECONDS)
         return self.status_line
 
     @property

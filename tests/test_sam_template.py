@@ -52,6 +52,19 @@ def x86_64_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return artifacts
 
 
+def run_in(package: Path, code: str) -> str:
+    """Run `code` with python3.13 on the package alone (isolated mode), as Lambda would; its output."""
+    result = subprocess.run(
+        [str(python313()), "-I", "-c", f"import sys; sys.path.insert(0, {str(package)!r}); {code}"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def files(package: Path) -> set[str]:
     return {str(path.relative_to(package)) for path in package.rglob("*") if path.is_file()}
 
@@ -76,15 +89,7 @@ def test_the_handler_imports_from_the_built_package(arm64_package: Path, x86_64_
 
     assert normalised(x86_64_twin) == normalised(arm64_package)
     probe = "import chat.handler, chat.runtime.loop; print(type(chat.handler.handler).__name__)"
-    result = subprocess.run(
-        [str(python313()), "-I", "-c", f"import sys; sys.path.insert(0, {str(x86_64_twin)!r}); {probe}"],
-        capture_output=True,
-        text=True,
-        env={"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "Mangum"
+    assert run_in(x86_64_twin, probe) == "Mangum"
 
 
 def test_the_zipped_package_fits_lambda(arm64_package: Path, tmp_path: Path) -> None:
@@ -100,3 +105,9 @@ def test_the_cold_path_list_matches_what_the_package_imports(x86_64_twin: Path, 
     assert cold_path.record(x86_64_twin, fake.base_url) == cold_path.committed(), (
         "functions/chat/cold_path.txt is stale: regenerate it with `.venv/bin/python -m tools.cold_path`"
     )
+
+
+def test_tracebacks_from_the_package_name_lambda_paths(x86_64_twin: Path) -> None:
+    """Sourceless bytecode carries the path it was compiled under: it must be /var/task, not the build dir."""
+    probe = "import mangum.adapter as m; print(m.Mangum.__call__.__code__.co_filename)"
+    assert run_in(x86_64_twin, probe) == "/var/task/mangum/adapter.py"

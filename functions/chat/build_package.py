@@ -25,6 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PYTHON_VERSION = "3.13"
+# Where Lambda unpacks the package: sourceless bytecode names its files there, so tracebacks point at them.
+TASK_ROOT = Path("/var/task")
 PLATFORMS = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
 SHIPPED = ("chat", "lambda-exec-wrapper")
 # Powertools utilities the service never imports (Logger, Metrics and parameters stay).
@@ -89,6 +91,7 @@ def compile_bytecode(target: Path) -> None:
         py_compile.compile(
             str(source),
             cfile=str(source) + "c",
+            dfile=str(TASK_ROOT / source.relative_to(target)),
             doraise=True,
             invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
         )

@@ -16,7 +16,8 @@ import sys
 from .secrets import SecretSource
 from .upstream import Upstream
 
-WARM_IMPORTS = ("openai", "httpx2", "aws_lambda_powertools.utilities.parameters")
+# anyio loads its asyncio backend on the first request (~25 ms): pay that before the snapshot too.
+WARM_IMPORTS = ("openai", "httpx2", "anyio._backends._asyncio", "aws_lambda_powertools.utilities.parameters")
 
 
 def warm_imports() -> None:

@@ -47,6 +47,10 @@ class Context:
 snapstart.warm_imports()
 answer = chat.handler.handler(json.loads(sys.argv[1]), Context())
 assert answer["statusCode"] == 200 and "data:[DONE]" in answer["body"], answer
+# -X importtime misses modules imported through importlib (the warm-up above, anyio's backends);
+# sys.modules has those. object.__getattribute__ reads a lazy module's file without loading it.
+files = [object.__getattribute__(module, "__dict__").get("__file__") for module in list(sys.modules.values())]
+print(json.dumps([name for name in files if name]))
 """
 
 
@@ -54,11 +58,11 @@ def record(package_dir: Path, base_url: str) -> list[str]:
     """Module paths (relative, no suffix) of dependencies the cold path imports from `package_dir`."""
     # Lambda's runtime provides boto3 (Powertools' parameters import it); borrow this venv's
     # pure-Python copy, after the package so nothing of the package is shadowed.
-    path = f"{package_dir}{os.pathsep}{sysconfig.get_paths()['purelib']}"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
+    search_path = f"{package_dir}{os.pathsep}{sysconfig.get_paths()['purelib']}"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": search_path, "PYTHONDONTWRITEBYTECODE": "1"}
     env.update(OPENAI_API_KEY="sk-cold-path", OPENAI_BASE_URL=base_url, POWERTOOLS_METRICS_DISABLED="true")
     result = subprocess.run(
-        # -X importtime names every module executed; a scan of sys.modules missed some of anyio's.
+        # -X importtime names modules a scan of sys.modules misses (some of anyio's), and the reverse.
         [str(python313()), "-X", "importtime", "-c", PROBE, json.dumps(rest_event({"message": "hi"}))],
         cwd=package_dir,
         env=env,
@@ -68,16 +72,18 @@ def record(package_dir: Path, base_url: str) -> list[str]:
     )
     if result.returncode != 0:
         raise RuntimeError(f"the cold-path probe failed:\n{result.stderr[-3000:]}")
+    names = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     modules = set()
-    for line in result.stderr.splitlines():
-        name = line.rpartition("|")[2].strip()
-        if not line.startswith("import time:") or not name or name.split(".")[0] == "chat":
-            continue
+    for name in names:
         base = name.replace(".", "/")
         for candidate in (base, f"{base}/__init__"):
             if any((package_dir / f"{candidate}{suffix}").is_file() for suffix in (".py", ".pyc")):
                 modules.add(candidate)
-    return sorted(modules)
+    for file in json.loads(result.stdout.splitlines()[-1]):
+        path = Path(file)
+        if package_dir in path.parents and path.suffix in (".py", ".pyc"):
+            modules.add(path.relative_to(package_dir).with_suffix("").as_posix())
+    return sorted(module for module in modules if module.split("/")[0] != "chat")
 
 
 def committed() -> list[str]:

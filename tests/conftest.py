@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
+
+# Before the app is imported: the in-process servers' EMF lines would only clutter test output.
+# (Tests of the runtime loop turn metrics back on in their child processes and check them.)
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 import boto3
 import pytest

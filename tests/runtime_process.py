@@ -41,6 +41,7 @@ def runtime_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
             "OPENAI_MODEL": "fake-model",
             "CHAT_FUNCTION_URL_STREAMING": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "ChatStreamTest",
+            "POWERTOOLS_METRICS_DISABLED": "false",
         }
     )
     env.update(extra)

@@ -21,7 +21,7 @@ from chat.app import create_app
 from chat.config import Settings
 from tools.fake_openai import FakeOpenAI
 
-TEST_KEY = "sk-test-Zq8vN3xLw2Rk7TyP9mHc4Bd6"
+TEST_KEY = "sk-test-FAKE-KEY-FOR-TESTS-ONLY-QX"  # obviously fake: never a real credential in the repository
 
 
 def settings_for(fake: FakeOpenAI, **overrides: object) -> Settings:

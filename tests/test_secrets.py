@@ -17,8 +17,8 @@ import pytest
 from tests.support import app_server, free_port, post_stream, reset_powertools, settings_for, unique
 from tools.fake_openai import FakeOpenAI, deltas
 
-OLD_KEY = "sk-old-Fq1Lm8Zr4Wd2Yh6Tn3Vb"
-NEW_KEY = "sk-new-Kc7Ps5Gj9Ux1Ae4Ro8Qz"
+OLD_KEY = "sk-old-FAKE-ROTATED-KEY-ONE"
+NEW_KEY = "sk-new-FAKE-ROTATED-KEY-TWO"
 TOKEN = "tok-Wf3Hx8Nd1Lq6Zs2Vm9Rb4Tc7Yk5Pj0"
 DONE = ("message", "[DONE]")
 

@@ -28,7 +28,7 @@ from tools.fake_openai import Delta, FakeOpenAI, Reset, Sleep, deltas
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-Smk4Rb8Lq2Wn6Xc1Vz9Pd3Hf7"
-ACCESS_KEY, SECRET_KEY, SESSION_TOKEN = "AKIAFAKESMOKE0000001", "fake-secret-key-for-tests", "fake-session"
+ACCESS_KEY, SECRET_KEY, SESSION_TOKEN = "TESTACCESSKEYNOTREAL", "fake-secret-key-for-tests", "fake-session"
 
 
 def run_smoke(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from tools.loadtest.options import Options
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_PATH = "/_loadtest/state"
-LOAD_KEY = "sk-lt-Qm7Xw2Zp9Rv4Kd8N"
+LOAD_KEY = "sk-lt-FAKE-HARNESS-KEY-QX"
 
 
 def serve(port: int, debug_logs: bool) -> None:

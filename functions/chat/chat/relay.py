@@ -151,7 +151,6 @@ class ChatStream(Response):
         self.outcome.status = 200
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS, "trailers": trailers})
         loop = watchdog.loop
-        ending = sse.DONE
         failure_message = ""
         try:
             async with asyncio.timeout(None) as timeout:
@@ -181,14 +180,14 @@ class ChatStream(Response):
         except StreamFailed as failure:
             self.outcome.error_kind = failure.kind
             failure_message = failure.message
-        if self.outcome.error_kind is not None:
-            ending = sse.error(failure_message)
+        kind = self.outcome.error_kind
+        ending = sse.DONE if kind is None else sse.error(failure_message)
         await send({"type": "http.response.body", "body": ending, "more_body": False})
         if trailers:
             fields = []
-            if self.outcome.error_kind is not None:
+            if kind is not None:
                 fields = [
-                    (b"stream-error-type", self.outcome.error_kind.encode()),
+                    (b"stream-error-type", kind.encode()),
                     (b"stream-error-message", failure_message.encode("latin-1", "replace")),
                 ]
             await send({"type": "http.response.trailers", "headers": fields, "more_trailers": False})

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.sam_cli import rie_binary
-from tests.support import TEST_KEY, free_port
+from tests.support import TEST_KEY
 from tools.fake_openai import FakeOpenAI
+from tools.ports import free_port
 
 FUNCTION_DIR = Path(__file__).resolve().parent.parent / "functions" / "chat"
 WRAPPER = FUNCTION_DIR / "lambda-exec-wrapper"

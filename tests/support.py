@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from httpx_sse import EventSource
 from chat.app import create_app
 from chat.config import Settings
 from tools.fake_openai import FakeOpenAI
+from tools.ports import free_port
 
 TEST_KEY = "sk-test-FAKE-KEY-FOR-TESTS-ONLY-QX"  # obviously fake: never a real credential in the repository
 
@@ -42,13 +42,6 @@ def reset_powertools() -> None:
     """Powertools caches secret values and boto3 clients per process; each test needs neither."""
     parameters.clear_caches()  # type: ignore[no-untyped-call]
     parameters_base.DEFAULT_PROVIDERS.clear()  # type: ignore[attr-defined]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def unique(label: str = "script") -> str:

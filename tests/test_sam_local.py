@@ -15,8 +15,9 @@ import pytest
 
 from tests.runtime_process import ChildProcess, emulator, runtime_env, wait_for_port
 from tests.sam_cli import ROOT, sam_tool
-from tests.support import decode_sse, free_port, unique
+from tests.support import decode_sse, unique
 from tools.fake_openai import FakeOpenAI, deltas
+from tools.ports import free_port
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import app_server, free_port, post_stream, reset_powertools, settings_for, unique
+from tests.support import app_server, post_stream, reset_powertools, settings_for, unique
 from tools.fake_openai import FakeOpenAI, deltas
+from tools.ports import free_port
 
 OLD_KEY = "sk-old-FAKE-ROTATED-KEY-ONE"
 NEW_KEY = "sk-new-FAKE-ROTATED-KEY-TWO"

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import TEST_KEY, AppServer, app_server, decode_sse, free_port, post_stream, settings_for, unique
+from tests.support import TEST_KEY, AppServer, app_server, decode_sse, post_stream, settings_for, unique
 from tools.fake_openai import (
     Delta,
     FakeOpenAI,
@@ -24,6 +24,7 @@ from tools.fake_openai import (
     deltas,
     openai_error,
 )
+from tools.ports import free_port
 
 DONE = ("message", "[DONE]")
 

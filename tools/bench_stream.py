@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import cast
 
 import httpx
+
+from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "fake-model"
@@ -95,13 +96,6 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.stdin is not None:
         process.stdin.close()
@@ -148,7 +142,7 @@ def app_env(base_url: str) -> dict[str, str]:
 @contextlib.contextmanager
 def serve(app: App, base_url: str, core: set[int] | None) -> Iterator[tuple[str, int]]:
     """The app under uvicorn in its own process; yields (its URL, its pid)."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "uvicorn", app.target, "--app-dir", str(app.app_dir)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
     # uvicorn's 5 s keep-alive limit would race the client's reuse of idle connections between phases.

@@ -31,7 +31,8 @@ from tools.loadtest.faults import (
 )
 from tools.loadtest.load import LoadRow, load_round, load_script
 from tools.loadtest.options import Options
-from tools.loadtest.service import ServiceProcess, free_ports, service_env
+from tools.loadtest.service import ServiceProcess, service_env
+from tools.ports import free_ports
 
 # Busy faults run first, together; then the timing-sensitive disconnects beside the idle waits,
 # so the harness's own CPU use (a 1 MiB decode, a 429 storm) cannot delay a client's close.

@@ -21,6 +21,7 @@ import httpx
 
 from tools.fake_openai import FakeOpenAI
 from tools.loadtest.options import Options
+from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_PATH = "/_loadtest/state"
@@ -77,24 +78,13 @@ def _with_probe(app: Any) -> Any:
     return probed
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports (all held open while choosing, so two callers never share one)."""
-    import socket
-
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 class ServiceProcess:
     """The app as a child process configured by environment variables, like a deployment."""
 
     def __init__(
         self, env: dict[str, str], *, port: int | None = None, log: IO[bytes] | None = None, debug_logs: bool = False
     ) -> None:
-        self.port = port or free_ports(1)[0]
+        self.port = port or free_port()
         command = [sys.executable, "-m", "tools.loadtest", "serve", "--port", str(self.port)]
         if debug_logs:
             command.append("--debug-logs")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.bench_stream import ROOT, BenchError, app_env
-from tools.lambda_events import rest_event
+from tools.lambda_events import CONTEXT_SOURCE, rest_event
 from tools.lambda_python import python313
 
 FUNCTION = ROOT / "functions" / "chat"
@@ -132,21 +132,16 @@ def import_ms(package: Package, package_dir: Path, core: set[int] | None) -> flo
     raise BenchError(f"no import time for {package.module}:\n{stderr[-2000:]}")
 
 
-FIRST_ANSWER = """
+FIRST_ANSWER = (
+    """
 import json, sys
 from {module} import handler
-
-class Context:
-    aws_request_id = "bench"
-    function_name = "chat"
-    memory_limit_in_mb = 1024
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:chat"
-
-    def get_remaining_time_in_millis(self):
-        return 30000
-
+"""
+    + CONTEXT_SOURCE
+    + """
 print(json.dumps(handler(json.loads(sys.argv[1]), Context())), flush=True)
 """
+)
 
 
 def first_answer_ms(package: Package, package_dir: Path, base_url: str, core: set[int] | None) -> float:

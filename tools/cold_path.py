@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from tools.fake_openai import FakeOpenAI
-from tools.lambda_events import rest_event
+from tools.lambda_events import CONTEXT_SOURCE, rest_event
 from tools.lambda_python import python313
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,20 +30,14 @@ LIST = ROOT / "functions" / "chat" / "cold_path.txt"
 HEADER = "# Dependency modules on the function's cold path (see tools/cold_path.py); regenerate with\n"
 HEADER += "# `.venv/bin/python -m tools.cold_path` after changing functions/chat/requirements.txt.\n"
 
-PROBE = """
+PROBE = (
+    """
 import json, sys
 import chat.handler, chat.runtime.loop
 from chat import snapstart
-
-class Context:
-    aws_request_id = "cold-path"
-    function_name = "chat"
-    memory_limit_in_mb = "512"
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:chat"
-
-    def get_remaining_time_in_millis(self):
-        return 30000
-
+"""
+    + CONTEXT_SOURCE
+    + """
 snapstart.warm_imports()
 answer = chat.handler.handler(json.loads(sys.argv[1]), Context())
 assert answer["statusCode"] == 200 and "data:[DONE]" in answer["body"], answer
@@ -52,6 +46,7 @@ assert answer["statusCode"] == 200 and "data:[DONE]" in answer["body"], answer
 files = [object.__getattribute__(module, "__dict__").get("__file__") for module in list(sys.modules.values())]
 print(json.dumps([name for name in files if name]))
 """
+)
 
 
 def record(package_dir: Path, base_url: str) -> list[str]:

@@ -81,3 +81,17 @@ def split_streamed(payload: bytes) -> tuple[dict[str, Any], bytes]:
     metadata = json.loads(prelude)
     assert isinstance(metadata, dict)
     return metadata, body
+
+
+# Source of a minimal LambdaContext, for scripts run by python3.13 against a built package
+# (they see only the package, not this repository).
+CONTEXT_SOURCE = """
+class Context:
+    aws_request_id = "local"
+    function_name = "chat"
+    memory_limit_in_mb = "512"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:chat"
+
+    def get_remaining_time_in_millis(self):
+        return 30000
+"""

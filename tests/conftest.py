@@ -14,8 +14,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.support import AppServer, reset_powertools, settings_for
-from tools.fake_openai import FakeOpenAI
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.support import AppServer, reset_powertools, settings_for
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chat.headers import SECURITY_HEADERS
-from tests.support import AppServer, app_server, decode_sse, settings_for
-from tools.fake_openai import FakeOpenAI
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.support import AppServer, app_server, decode_sse, settings_for
 
 LIMIT = 64 * 1024  # CHAT_MAX_BODY_BYTES default, which the session server uses
 INVALID = {"error": "Invalid request body"}

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from tests.support import AppServer, app_server, post_stream, settings_for, unique
-from tools.fake_openai import FakeOpenAI, deltas
+from tests.harness.fake_openai import FakeOpenAI, deltas
+from tests.harness.support import AppServer, app_server, post_stream, settings_for, unique
 
 INVALID = b'{"error":"Invalid request body"}'
 

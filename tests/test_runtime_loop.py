@@ -12,11 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.runtime_api_double import RuntimeAPIDouble
-from tests.runtime_process import ChildProcess, runtime_env
-from tests.support import decode_sse, unique
-from tools.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, deltas
-from tools.lambda_events import function_url_event, rest_event, split_streamed
+from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, deltas
+from tests.harness.lambda_events import function_url_event, rest_event, split_streamed
+from tests.harness.runtime_api_double import RuntimeAPIDouble
+from tests.harness.runtime_process import ChildProcess, runtime_env
+from tests.harness.support import decode_sse, unique
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.runtime_process import emulator, runtime_env
-from tests.support import decode_sse, unique
-from tools.fake_openai import FakeOpenAI, deltas
-from tools.lambda_events import function_url_event, rest_event, split_streamed
+from tests.harness.fake_openai import FakeOpenAI, deltas
+from tests.harness.lambda_events import function_url_event, rest_event, split_streamed
+from tests.harness.runtime_process import emulator, runtime_env
+from tests.harness.support import decode_sse, unique
 
 CONTENT = ["Hello", " wor", "ld\n", "  spaced", "", "🙂 done"]
 

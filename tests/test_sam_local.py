@@ -1,6 +1,6 @@
 """`sam local start-api` behaviour: SAM CLI's own local API Gateway service routes to our function.
 
-SAM's service runs from template.yaml in the SAM CLI virtualenv (tests/sam_local_api.py);
+SAM's service runs from template.yaml in the SAM CLI virtualenv (tests/harness/sam_local_api.py);
 the function runs under AWS's emulator with AWS_SAM_LOCAL=true, so the answer is
 buffered into one API Gateway proxy response, as it is under the real command.
 """
@@ -13,18 +13,22 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.runtime_process import ChildProcess, emulator, runtime_env, wait_for_port
-from tests.sam_cli import ROOT, sam_tool
-from tests.support import decode_sse, unique
-from tools.fake_openai import FakeOpenAI, deltas
-from tools.ports import free_port
+from tests.harness.fake_openai import FakeOpenAI, deltas
+from tests.harness.ports import free_port
+from tests.harness.runtime_process import ChildProcess, emulator, runtime_env, wait_for_port
+from tests.harness.sam_cli import ROOT, sam_tool
+from tests.harness.support import decode_sse, unique
 
 
 @pytest.fixture(scope="module")
 def local_api(fake: FakeOpenAI) -> Iterator[str]:
     with emulator(runtime_env(fake, AWS_SAM_LOCAL="true")) as (invoke_url, _):
         port = free_port()
-        command = [str(sam_tool("python")), str(ROOT / "tests" / "sam_local_api.py"), str(ROOT / "template.yaml")]
+        command = [
+            str(sam_tool("python")),
+            str(ROOT / "tests" / "harness" / "sam_local_api.py"),
+            str(ROOT / "template.yaml"),
+        ]
         with ChildProcess(dict(os.environ), [*command, str(port), invoke_url]) as sam:
             wait_for_port(port, sam)
             yield f"http://127.0.0.1:{port}"

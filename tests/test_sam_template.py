@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.sam_cli import ROOT, build_env, python313, sam_tool
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.sam_cli import ROOT, build_env, python313, sam_tool
 from tools import cold_path
-from tools.fake_openai import FakeOpenAI
 
 FUNCTION_DIR = ROOT / "functions" / "chat"
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tools.fake_openai import Delta, FakeOpenAI, Raw, Reply, Reset, Stall, Truncate, deltas, openai_error
+from tests.harness.fake_openai import Delta, FakeOpenAI, Raw, Reply, Reset, Stall, Truncate, deltas, openai_error
 from tools.loadtest import AWS_TEST_ENV, ServiceProcess, free_ports
 
 ALPHABET = string.ascii_letters + string.digits

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import app_server, post_stream, reset_powertools, settings_for, unique
-from tools.fake_openai import FakeOpenAI, deltas
-from tools.ports import free_port
+from tests.harness.fake_openai import FakeOpenAI, deltas
+from tests.harness.ports import free_port
+from tests.harness.support import app_server, post_stream, reset_powertools, settings_for, unique
 
 OLD_KEY = "sk-old-FAKE-ROTATED-KEY-ONE"
 NEW_KEY = "sk-new-FAKE-ROTATED-KEY-TWO"

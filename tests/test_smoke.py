@@ -22,10 +22,10 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.support import AppServer, app_server, settings_for, unique
+from tests.harness.fake_openai import Delta, FakeOpenAI, Reset, Sleep, deltas
+from tests.harness.ports import free_port
+from tests.harness.support import AppServer, app_server, settings_for, unique
 from tools import smoke
-from tools.fake_openai import Delta, FakeOpenAI, Reset, Sleep, deltas
-from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-Smk4Rb8Lq2Wn6Xc1Vz9Pd3Hf7"

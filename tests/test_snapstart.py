@@ -18,8 +18,8 @@ import snapshot_restore_py
 
 from chat import snapstart
 from chat.app import create_app
-from tests.support import AppServer, post_stream, settings_for, unique
-from tools.fake_openai import FakeOpenAI, deltas
+from tests.harness.fake_openai import FakeOpenAI, deltas
+from tests.harness.support import AppServer, post_stream, settings_for, unique
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_TOKEN, NEW_TOKEN = "tok-before-Hq3Zr8Lm1Wc5", "tok-after-Xv7Nd2Kp9Gs4"

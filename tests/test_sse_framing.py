@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chat import sse
-from tests.support import decode_sse
+from tests.harness.support import decode_sse
 
 TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
 

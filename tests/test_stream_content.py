@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from tests.support import AppServer, post_stream, unique
-from tools.fake_openai import Delta, FakeOpenAI, Raw, Step, chunk_json, deltas
+from tests.harness.fake_openai import Delta, FakeOpenAI, Raw, Step, chunk_json, deltas
+from tests.harness.support import AppServer, post_stream, unique
 
 DONE = ("message", "[DONE]")
 
@@ -98,7 +98,7 @@ def test_nothing_after_upstream_done_is_relayed(server: AppServer, fake: FakeOpe
 
 
 def test_history_and_settings_are_sent_upstream(fake: FakeOpenAI) -> None:
-    from tests.support import app_server, settings_for
+    from tests.harness.support import app_server, settings_for
 
     history = [
         {"role": "system", "content": "Be brief."},

@@ -10,8 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import TEST_KEY, AppServer, app_server, decode_sse, post_stream, settings_for, unique
-from tools.fake_openai import (
+from tests.harness.fake_openai import (
     Delta,
     FakeOpenAI,
     HeaderDelay,
@@ -24,7 +23,8 @@ from tools.fake_openai import (
     deltas,
     openai_error,
 )
-from tools.ports import free_port
+from tests.harness.ports import free_port
+from tests.harness.support import TEST_KEY, AppServer, app_server, decode_sse, post_stream, settings_for, unique
 
 DONE = ("message", "[DONE]")
 

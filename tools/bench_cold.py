@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness.lambda_events import CONTEXT_SOURCE, rest_event
 from tools.bench_stream import ROOT, BenchError, app_env
-from tools.lambda_events import CONTEXT_SOURCE, rest_event
 from tools.lambda_python import python313
 
 FUNCTION = ROOT / "functions" / "chat"

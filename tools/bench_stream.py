@@ -22,7 +22,7 @@ from typing import cast
 
 import httpx
 
-from tools.ports import free_port
+from tests.harness.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "fake-model"

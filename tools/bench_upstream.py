@@ -1,4 +1,4 @@
-"""The benchmark's upstream: tools/fake_openai.py in a process of its own, so its CPU is not the service's.
+"""The benchmark's upstream: tests/harness/fake_openai.py in a process of its own, so its CPU is not the service's.
 
 The message chooses the answer: `"relay:N"` streams N deltas as fast as it can
 write them, `"hold"` sends one delta then stays silent until the client leaves,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from tools.fake_openai import Delta, FakeOpenAI, Stall, Step, deltas
+from tests.harness.fake_openai import Delta, FakeOpenAI, Stall, Step, deltas
 
 
 def bench_script(message: str) -> Sequence[Step]:

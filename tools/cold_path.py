@@ -21,8 +21,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from tools.fake_openai import FakeOpenAI
-from tools.lambda_events import CONTEXT_SOURCE, rest_event
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.lambda_events import CONTEXT_SOURCE, rest_event
 from tools.lambda_python import python313
 
 ROOT = Path(__file__).resolve().parent.parent

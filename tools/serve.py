@@ -1,7 +1,7 @@
 """`make run`: serve the API under uvicorn, with an offline demo model when no key is set.
 
 With neither OPENAI_API_KEY nor OPENAI_API_KEY_SECRET_ID configured, a local
-OpenAI-compatible endpoint (tools/fake_openai.py) starts beside the app and the
+OpenAI-compatible endpoint (tests/harness/fake_openai.py) starts beside the app and the
 real SDK path runs end to end against it. This script is a development tool: it
 is not part of the Lambda package, so a deployed function can never fall back to
 the demo model.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
-from tools.fake_openai import FakeOpenAI, demo_script
+from tests.harness.fake_openai import FakeOpenAI, demo_script
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY = "offline-demo"

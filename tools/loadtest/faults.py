@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from tools.fake_openai import (
+from tests.harness.fake_openai import (
     Delta,
     Done,
     FakeOpenAI,

@@ -1,6 +1,6 @@
 """Many concurrent streams through the service at once: errors, latency, memory and what is left behind.
 
-The upstream is tools/fake_openai.py on 127.0.0.1, which records every request and
+The upstream is tests/harness/fake_openai.py on 127.0.0.1, which records every request and
 when its client went away, so a round can check that nothing stays open after it.
 """
 
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tools.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
+from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
 from tools.loadtest.client import http_client, post
 from tools.loadtest.options import Options
 from tools.loadtest.service import ServiceProcess

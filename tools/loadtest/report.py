@@ -10,7 +10,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from tools.fake_openai import FakeOpenAI
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.ports import free_ports
 from tools.loadtest.client import ask, http_client
 from tools.loadtest.faults import (
     Fault,
@@ -32,7 +33,6 @@ from tools.loadtest.faults import (
 from tools.loadtest.load import LoadRow, load_round, load_script
 from tools.loadtest.options import Options
 from tools.loadtest.service import ServiceProcess, service_env
-from tools.ports import free_ports
 
 # Busy faults run first, together; then the timing-sensitive disconnects beside the idle waits,
 # so the harness's own CPU use (a 1 MiB decode, a 429 storm) cannot delay a client's close.

@@ -19,9 +19,9 @@ from typing import IO, Any
 
 import httpx
 
-from tools.fake_openai import FakeOpenAI
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.ports import free_port
 from tools.loadtest.options import Options
-from tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_PATH = "/_loadtest/state"

@@ -18,8 +18,8 @@ from httpx_sse import EventSource
 
 from chat.app import create_app
 from chat.config import Settings
-from tools.fake_openai import FakeOpenAI
-from tools.ports import free_port
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.ports import free_port
 
 TEST_KEY = "sk-test-FAKE-KEY-FOR-TESTS-ONLY-QX"  # obviously fake: never a real credential in the repository
 

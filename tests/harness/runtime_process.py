@@ -12,12 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.sam_cli import rie_binary
-from tests.support import TEST_KEY
-from tools.fake_openai import FakeOpenAI
-from tools.ports import free_port
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.ports import free_port
+from tests.harness.sam_cli import rie_binary
+from tests.harness.support import TEST_KEY
 
-FUNCTION_DIR = Path(__file__).resolve().parent.parent / "functions" / "chat"
+FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "chat"
 WRAPPER = FUNCTION_DIR / "lambda-exec-wrapper"
 # What the managed runtime passes after the interpreter; the wrapper must ignore it.
 BOOTSTRAP = "/var/runtime/bootstrap.py"

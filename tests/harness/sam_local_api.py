@@ -1,7 +1,7 @@
 """SAM CLI's own `start-api` service, in process, routing to our function through AWS's emulator.
 
 Run with the SAM CLI virtualenv's python (it pins its own boto3 and pydantic):
-    .venv-sam/bin/python tests/sam_local_api.py TEMPLATE PORT INVOKE_URL
+    .venv-sam/bin/python tests/harness/sam_local_api.py TEMPLATE PORT INVOKE_URL
 
 What `sam local start-api` does, minus Docker: routes come from the template through
 SAM's own providers, events are built and responses parsed by SAM's

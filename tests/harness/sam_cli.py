@@ -10,7 +10,7 @@ import pytest
 
 from tools import lambda_python
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAM_VENV = ROOT / ".venv-sam"
 
 

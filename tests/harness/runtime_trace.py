@@ -1,6 +1,6 @@
 """Print when each streamed chunk reached a Runtime API double.
 
-Run: `PYTHONPATH=functions/chat .venv/bin/python -m tests.runtime_trace`.
+Run: `PYTHONPATH=functions/chat .venv/bin/python -m tests.harness.runtime_trace`.
 
 The evidence behind "chunks leave as the model produces them" (asserted by
 test_runtime_loop.py), as a trace a person can read: the fake model sends one
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 
-from tests.runtime_api_double import RuntimeAPIDouble
-from tests.runtime_process import ChildProcess, runtime_env
-from tools.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
-from tools.lambda_events import function_url_event
+from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
+from tests.harness.lambda_events import function_url_event
+from tests.harness.runtime_api_double import RuntimeAPIDouble
+from tests.harness.runtime_process import ChildProcess, runtime_env
 
 INTERVAL = 0.25
 

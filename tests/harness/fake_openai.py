@@ -43,6 +43,14 @@ class Raw:
 
 
 @dataclass(frozen=True)
+class UsageChunk:
+    """The final usage chunk OpenAI sends when asked (`stream_options.include_usage`): empty `choices`."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
 class Sleep:
     seconds: float
 
@@ -84,7 +92,7 @@ class HeaderDelay:
     seconds: float
 
 
-Step = Delta | Raw | Sleep | Done | Reset | Truncate | Stall | Reply | HeaderDelay
+Step = Delta | UsageChunk | Raw | Sleep | Done | Reset | Truncate | Stall | Reply | HeaderDelay
 
 
 def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> Reply:
@@ -104,6 +112,23 @@ def chunk_json(content: str | None, *, role: str | None = None, finish: str | No
         "created": 1700000000,
         "model": "fake-model",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return json.dumps(chunk).encode()
+
+
+def usage_json(prompt_tokens: int, completion_tokens: int) -> bytes:
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    chunk = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "fake-model",
+        "choices": [],
+        "usage": usage,
     }
     return json.dumps(chunk).encode()
 
@@ -150,6 +175,21 @@ class RequestRecord:
         return data
 
     @property
+    def asks_usage(self) -> bool:
+        try:
+            options = self.json.get("stream_options")
+        except ValueError:
+            return False
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+    @property
+    def prompt_tokens(self) -> int:
+        """What this fake model counts as the prompt's tokens: words, plus 4 per message and 3."""
+        messages = self.json.get("messages")
+        assert isinstance(messages, list)
+        return 3 + sum(4 + len(str(message.get("content", "")).split()) for message in messages)
+
+    @property
     def last_message(self) -> str:
         try:
             messages = self.json.get("messages")
@@ -177,8 +217,13 @@ class FakeOpenAI:
         port: int = 0,
         default: Callable[[str], Sequence[Step]] | None = None,
         delay: float = 0.0,
+        report_usage: bool = True,
     ) -> None:
         self.host = host
+        # Like OpenAI: a request asking for usage gets a usage chunk before `[DONE]`
+        # (prompt_tokens as RequestRecord.prompt_tokens, one completion token per delta).
+        # False plays an upstream that ignores the option.
+        self.report_usage = report_usage
         self.port = port
         self._default = default or (lambda message: deltas(*demo_answer(message)))
         self._delay = delay
@@ -327,7 +372,11 @@ class FakeOpenAI:
                 )
             ]
         message = record.last_message
-        return self._scripts.get(message) or self._default(message)
+        steps = self._scripts.get(message) or self._default(message)
+        if not (self.report_usage and record.asks_usage) or any(isinstance(step, UsageChunk) for step in steps):
+            return steps
+        usage = UsageChunk(record.prompt_tokens, sum(1 for step in steps if isinstance(step, Delta) and step.content))
+        return [part for step in steps for part in ((usage, step) if isinstance(step, Done) else (step,))]
 
     async def _watch_close(self, reader: asyncio.StreamReader, record: RequestRecord) -> bytes:
         """Notice the client closing while we answer.
@@ -395,6 +444,8 @@ class FakeOpenAI:
                     started = True
                 if isinstance(step, Delta):
                     payload = b"data: " + chunk_json(step.content) + b"\n\n"
+                elif isinstance(step, UsageChunk):
+                    payload = b"data: " + usage_json(step.prompt_tokens, step.completion_tokens) + b"\n\n"
                 elif isinstance(step, Done):
                     payload = b"data: [DONE]\n\n"
                 else:

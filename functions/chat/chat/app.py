@@ -97,6 +97,17 @@ class _BearerToken:
         return error_response(401, "Missing or invalid bearer token.", {"www-authenticate": "Bearer"})
 
 
+def _caller(request: Request, token_auth: bool) -> str:
+    """Who is asking, from what the platform verified: the IAM principal Lambda's Function URL or API
+    Gateway checked, "default" while one bearer token admits everyone, else the local identity."""
+    if token_auth:
+        return "default"
+    context = request.scope.get("aws.event", {}).get("requestContext", {})
+    iam = (context.get("authorizer") or {}).get("iam") or context.get("identity") or {}
+    arn = iam.get("userArn")
+    return arn if isinstance(arn, str) and arn else "local"
+
+
 class JSONRefusalCORS(CORSMiddleware):
     """Starlette's CORS, with its preflight refusal in the service's `{"error": ...}` shape."""
 
@@ -156,7 +167,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             chat = parse_chat_request(body, max_history_turns=settings.max_history_turns)
         except BadRequest as error:
             return error_response(error.status, error.message)
-        return ChatStream(chat, upstream, settings)
+        return ChatStream(chat, upstream, settings, _caller(request, auth is not None))
 
     # A plain response, not a return-type model: FastAPI would build a pydantic field for the
     # model at import (and import pydantic.v1 to check its kind), ~25 ms of every cold start.

@@ -40,6 +40,17 @@ def _whole(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0)
     return int(value)
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {env[name]!r}")
+
+
 def _optional_whole(env: Mapping[str, str], name: str) -> int | None:
     return _whole(env, name, 0, minimum=1) if env.get(name, "").strip() else None
 
@@ -59,6 +70,7 @@ class Settings:
     openai_model: str = "gpt-4o"
     openai_max_tokens: int | None = None
     openai_max_retries: int = 0
+    openai_stream_usage: bool = True
     connect_timeout: float = 10.0
     first_token_timeout: float = 120.0
     idle_timeout: float = 30.0
@@ -82,6 +94,7 @@ class Settings:
             openai_model=_text(env, "OPENAI_MODEL", cls.openai_model),
             openai_max_tokens=_optional_whole(env, "OPENAI_MAX_TOKENS"),
             openai_max_retries=_whole(env, "OPENAI_MAX_RETRIES", cls.openai_max_retries),
+            openai_stream_usage=_flag(env, "OPENAI_STREAM_USAGE", cls.openai_stream_usage),
             connect_timeout=_number(env, "OPENAI_CONNECT_TIMEOUT", cls.connect_timeout, minimum=0.001),
             first_token_timeout=_number(env, "OPENAI_FIRST_TOKEN_TIMEOUT", cls.first_token_timeout, minimum=0.001),
             idle_timeout=_number(env, "OPENAI_IDLE_TIMEOUT", cls.idle_timeout, minimum=0.001),

@@ -21,6 +21,7 @@ from . import observability, sse
 from .chat_request import ChatRequest
 from .config import Settings
 from .upstream import OpenStream, StreamFailed, Upstream, UpstreamError
+from .usage import NO_USAGE, Usage, estimate_messages, estimate_text
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -85,12 +86,14 @@ class ChatStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, chat: ChatRequest, upstream: Upstream, settings: Settings) -> None:
+    def __init__(self, chat: ChatRequest, upstream: Upstream, settings: Settings, caller: str) -> None:
         self.chat = chat
         self.upstream = upstream
         self.settings = settings
-        self.outcome = observability.StreamOutcome()
+        self.outcome = observability.StreamOutcome(caller=caller, model=settings.openai_model)
         self.background = None
+        self.stream: OpenStream | None = None
+        self.completion_estimate = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -106,7 +109,17 @@ class ChatStream(Response):
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
             self.outcome.duration_seconds = time.perf_counter() - started
+            self.outcome.usage = self.usage()
             observability.record(self.outcome)
+
+    def usage(self) -> Usage:
+        """The tokens this request used: as the upstream reported them, else estimated from what was relayed."""
+        if self.stream is None:
+            return NO_USAGE  # the upstream refused, or never answered: nothing was generated
+        if self.stream.usage is not None:
+            return self.stream.usage
+        prompt = estimate_messages(self.chat.openai_messages())
+        return Usage(prompt, self.completion_estimate, "estimated")
 
     def _deadline(self, scope: Scope) -> float | None:
         """Loop time at which to end the stream: shortly before the Lambda deadline, if any."""
@@ -123,7 +136,7 @@ class ChatStream(Response):
         limit = loop.time() + self.settings.first_token_timeout
         try:
             async with asyncio.timeout_at(limit if deadline is None else min(limit, deadline)):
-                stream = await self.upstream.open(self.chat)
+                stream = self.stream = await self.upstream.open(self.chat)
         except TimeoutError:
             await self._fail(send, UpstreamError(504, "The model did not answer in time.", "timeout"))
             return
@@ -165,6 +178,8 @@ class ChatStream(Response):
                                 watchdog.got_first = True
                                 self.outcome.first_token_seconds = time.perf_counter() - started
                             self.outcome.events += len(contents)
+                            for content in contents:
+                                self.completion_estimate += estimate_text(content)
                             body = (
                                 sse.message(contents[0]) if len(contents) == 1 else b"".join(map(sse.message, contents))
                             )

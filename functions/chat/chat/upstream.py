@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .chat_request import ChatRequest
 from .config import Settings
 from .redact import redact
 from .secrets import SecretSource, SecretUnavailable
+from .usage import Usage, reported
 
 if TYPE_CHECKING:
     import asyncio
@@ -50,7 +51,9 @@ class DeltaParser:
 
     It follows the SSE field rules (one optional space after the colon, `\\r\\n`,
     `\\r` or `\\n` line ends, multi-line data joined by `\\n`) so any
-    OpenAI-compatible server works, not only OpenAI's own formatting.
+    OpenAI-compatible server works, not only OpenAI's own formatting. A chunk's
+    `usage` object (the final chunk, with empty `choices`, when usage was asked
+    for) is kept in `usage`; it yields no content.
     """
 
     def __init__(self) -> None:
@@ -58,6 +61,7 @@ class DeltaParser:
         self._data: list[bytes] = []
         self._event = b""
         self.done = False
+        self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> list[str]:
         """Consume bytes; return the non-empty contents completed by them, in order."""
@@ -113,6 +117,9 @@ class DeltaParser:
         content = _delta_content(chunk)
         if content:
             contents.append(content)
+        usage = chunk.get("usage")
+        if usage is not None:  # OpenAI sends `"usage": null` on every other chunk; some servers a running total
+            self.usage = reported(usage) or self.usage
 
 
 def _delta_content(chunk: dict[str, Any]) -> str | None:
@@ -140,12 +147,18 @@ class OpenStream:
 
     response: httpx2.Response
     secrets: tuple[str, ...]
+    parser: DeltaParser = field(default_factory=DeltaParser)
+
+    @property
+    def usage(self) -> Usage | None:
+        """What the upstream reported in its final usage chunk, if it sent one (so far)."""
+        return self.parser.usage
 
     async def contents(self) -> AsyncGenerator[list[str], None]:
         """Per network read, the delta contents it completed (often one, sometimes several)."""
         import httpx2
 
-        parser = DeltaParser()
+        parser = self.parser
         try:
             async for chunk in self.response.aiter_bytes():
                 found = parser.feed(chunk)
@@ -230,6 +243,8 @@ class Upstream:
         }
         if self._settings.openai_max_tokens is not None:
             body["max_tokens"] = self._settings.openai_max_tokens
+        if self._settings.openai_stream_usage:
+            body["stream_options"] = {"include_usage": True}
         response = await self._client(key).post("/chat/completions", cast_to=httpx2.Response, body=body, stream=True)
         return OpenStream(response=response, secrets=self.secrets())
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import TaggedScalar
 
 from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.sam_cli import ROOT, build_env, python313, sam_tool
@@ -30,6 +35,102 @@ def test_sam_validate_lint_is_clean() -> None:
 def test_cfn_lint_is_clean() -> None:
     result = run([sam_tool("cfn-lint"), "template.yaml"])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip tree as plain data, CloudFormation's short tags spelled out (`!Ref x` -> {"Ref": x})."""
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if isinstance(node, TaggedScalar):
+        value: Any = node.value
+    elif isinstance(node, dict):
+        value = {key: _plain(item) for key, item in node.items()}
+    elif isinstance(node, list):
+        value = [_plain(item) for item in node]
+    else:
+        return node
+    if not tag or not tag.startswith("!"):
+        return value
+    name = tag[1:]
+    return {name if name in ("Ref", "Condition") else f"Fn::{name}": value}
+
+
+TEMPLATE: dict[str, Any] = _plain(YAML(typ="rt").load(ROOT / "template.yaml"))
+
+
+class Deploy:
+    """The template's parameters and conditions resolved as CloudFormation would for one deploy."""
+
+    def __init__(self, region: str = "us-east-1", partition: str = "aws", **overrides: str) -> None:
+        defaults = {name: str(spec.get("Default", "")) for name, spec in TEMPLATE["Parameters"].items()}
+        self.refs = {**defaults, **overrides, "AWS::Region": region, "AWS::Partition": partition}
+
+    def value(self, node: Any) -> Any:
+        if isinstance(node, list):
+            return [self.value(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if len(node) != 1 or not next(iter(node)).startswith(("Ref", "Condition", "Fn::")):
+            return {key: self.value(item) for key, item in node.items()}
+        ((function, argument),) = node.items()
+        if function == "Ref":
+            return self.refs.get(argument, {"Ref": argument})
+        if function == "Condition":
+            return self.condition(argument)
+        if function == "Fn::Equals":
+            return self.value(argument[0]) == self.value(argument[1])
+        if function == "Fn::Not":
+            return not self.value(argument[0])
+        if function == "Fn::And":
+            return all(self.value(item) for item in argument)
+        if function == "Fn::Or":
+            return any(self.value(item) for item in argument)
+        if function == "Fn::If":
+            name, then, otherwise = argument
+            return self.value(then if self.condition(name) else otherwise)
+        return node
+
+    def condition(self, name: str) -> bool:
+        return bool(self.value(TEMPLATE["Conditions"][name]))
+
+    def function(self, prop: str) -> Any:
+        return self.value(TEMPLATE["Resources"]["ChatFunction"]["Properties"][prop])
+
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def test_a_default_deploy_reserves_no_concurrency() -> None:
+    """A reservation fails the first deploy on a new account (quota 10): it must be asked for."""
+    assert Deploy().function("ReservedConcurrentExecutions") == NO_VALUE
+    assert Deploy(ReservedConcurrency="25").function("ReservedConcurrentExecutions") == "25"
+    samconfig = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    for environment in ("default", "prod"):
+        overrides = shlex.split(samconfig[environment]["deploy"]["parameters"]["parameter_overrides"])
+        assert not [item for item in overrides if item.startswith("ReservedConcurrency=")], environment
+
+
+@pytest.mark.parametrize(
+    ("region", "partition", "setting", "applied"),
+    [
+        ("us-east-1", "aws", "Auto", "PublishedVersions"),
+        ("eu-west-1", "aws", "Auto", "PublishedVersions"),
+        ("ap-southeast-6", "aws", "Auto", "None"),  # Asia Pacific (New Zealand): no SnapStart
+        ("ap-east-2", "aws", "Auto", "None"),  # Asia Pacific (Taipei): no SnapStart
+        ("ap-east-2", "aws", "Enabled", "PublishedVersions"),  # asked for explicitly: the deploy says no
+        ("us-east-1", "aws", "Disabled", "None"),
+    ],
+)
+def test_snapstart_follows_the_regions_rule(region: str, partition: str, setting: str, applied: str) -> None:
+    deploy = Deploy(region, partition, SnapStart=setting)
+    assert deploy.function("SnapStart") == {"ApplyOn": applied}
+    assert deploy.value(TEMPLATE["Outputs"]["SnapStart"]["Value"]) == applied
+
+
+def test_samconfig_deploys_with_the_regions_rule() -> None:
+    samconfig = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    for environment in ("default", "prod"):
+        overrides = shlex.split(samconfig[environment]["deploy"]["parameters"]["parameter_overrides"])
+        assert "SnapStart=Auto" in overrides, environment
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """SnapStart hooks: heavy imports land in the snapshot; a restore rebuilds what it froze.
 
-Lambda's snapshot and restore cannot run here; the hooks are driven through the real
-`snapshot_restore_py` registry, the way the runtime loop drives them, and Secrets
-Manager is moto's.
+Lambda's snapshot and restore cannot run here; the hooks go through the real
+`snapshot_restore_py` registry and are driven by the runtime loop's own
+`run_snapstart_hooks` against the Runtime API double; Secrets Manager is moto's.
 """
 
 from __future__ import annotations
@@ -18,17 +18,14 @@ import snapshot_restore_py
 
 from chat import snapstart
 from chat.app import create_app
+from chat.runtime.client import RuntimeClient
+from chat.runtime.loop import run_snapstart_hooks
 from tests.harness.fake_openai import FakeOpenAI, deltas
+from tests.harness.runtime_api_double import RuntimeAPIDouble
 from tests.harness.support import AppServer, post_stream, settings_for, unique
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_TOKEN, NEW_TOKEN = "tok-before-Hq3Zr8Lm1Wc5", "tok-after-Xv7Nd2Kp9Gs4"
-
-
-def run_hooks(hooks: list[Any]) -> None:
-    """What the runtime loop does with a registry: call each (func, args, kwargs)."""
-    for func, args, kwargs in hooks:
-        func(*args, **kwargs)
 
 
 @pytest.fixture
@@ -63,8 +60,7 @@ def test_handler_defers_openai_until_the_snapshot_hook(tmp_path: Path) -> None:
 def test_restore_rebuilds_clients_secrets_and_random_state(registry: None, aws: Any, fake: FakeOpenAI) -> None:
     arn = aws.create_secret(Name="chat/token", SecretString=OLD_TOKEN)["ARN"]
     app = create_app(settings_for(fake, auth_token_secret_id=arn))
-    assert snapstart.register(app.state.upstream, app.state.secrets)
-    run_hooks(snapshot_restore_py.get_before_snapshot())
+    assert snapstart.register(app.state.upstream)
     first, second = fake.script(unique(), deltas("one")), fake.script(unique(), deltas("two"))
     with AppServer(app=app) as server:
         old = {"authorization": f"Bearer {OLD_TOKEN}"}
@@ -74,7 +70,10 @@ def test_restore_rebuilds_clients_secrets_and_random_state(registry: None, aws: 
         frozen = random.random()
         random.seed(1234)
 
-        run_hooks(snapshot_restore_py.get_after_restore())
+        with RuntimeAPIDouble() as api:
+            run_snapstart_hooks(RuntimeClient(api.address))
+        assert api.calls == ["GET /runtime/restore/next"]
+        assert "openai" in sys.modules  # the before-snapshot hook ran
 
         assert random.random() != frozen
         stale = post_stream(server.url, {"message": second}, headers=old)

@@ -153,7 +153,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.upstream = upstream
-    app.state.secrets = (api_key, token)
 
     @app.post("/api/chat/stream", status_code=200, response_class=ChatStream, openapi_extra=_CHAT_OPENAPI)
     async def chat_stream(request: Request) -> Response:

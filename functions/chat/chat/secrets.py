@@ -1,16 +1,16 @@
 """Secrets the service needs at request time: the OpenAI key and the client bearer token.
 
 Each comes from an environment variable or a Secrets Manager secret read through
-Powertools `get_secret`, which caches for a TTL; boto3 is blocking, so reads run
-in a worker thread and concurrent cold reads share one fetch. A secret that cannot
-be read is reported as `SecretUnavailable` (a 503), never as a crash.
+Powertools `get_secret`, whose cache (`max_age`, CHAT_SECRET_CACHE_SECONDS) is the
+only one. A miss calls boto3, which blocks, so every read runs in a worker thread,
+and concurrent reads share one; `refresh` (after a 401) skips the cache. A secret
+that cannot be read is reported as `SecretUnavailable` (a 503), never as a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 import weakref
 
 from .observability import logger
@@ -28,8 +28,7 @@ class SecretSource:
         self._secret_id = secret_id
         self._json_field = json_field
         self._ttl = ttl
-        self._cached = ""
-        self._expires = 0.0
+        self._seen = ""  # the last value read: not a cache, only for redaction
         self._inflight: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[str]] = (
             weakref.WeakKeyDictionary()
         )
@@ -45,17 +44,11 @@ class SecretSource:
 
     def known_values(self) -> tuple[str, ...]:
         """Values seen so far, for redaction."""
-        return tuple(value for value in (self._value, self._cached) if value)
-
-    def forget(self) -> None:
-        """Drop the cached value (after a SnapStart restore, or in tests)."""
-        self._cached, self._expires = "", 0.0
+        return tuple(value for value in (self._value, self._seen) if value)
 
     async def get(self, *, refresh: bool = False) -> str:
         if self._value:
             return self._value
-        if not refresh and self._cached and time.monotonic() < self._expires:
-            return self._cached
         loop = asyncio.get_running_loop()
         task = self._inflight.get(loop)
         if task is None:
@@ -65,9 +58,8 @@ class SecretSource:
         return await asyncio.shield(task)
 
     async def _load(self, refresh: bool) -> str:
-        value = await asyncio.to_thread(self._fetch, refresh)
-        self._cached, self._expires = value, time.monotonic() + self._ttl
-        return value
+        self._seen = await asyncio.to_thread(self._fetch, refresh)
+        return self._seen
 
     def _fetch(self, refresh: bool) -> str:
         from aws_lambda_powertools.utilities.parameters import get_secret

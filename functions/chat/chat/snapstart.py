@@ -13,7 +13,6 @@ import importlib
 import random
 import sys
 
-from .secrets import SecretSource
 from .upstream import Upstream
 
 # anyio loads its asyncio backend on the first request (~25 ms): pay that before the snapshot too.
@@ -25,10 +24,8 @@ def warm_imports() -> None:
         importlib.import_module(name)
 
 
-def refresh(upstream: Upstream, secrets: tuple[SecretSource, ...]) -> None:
+def refresh(upstream: Upstream) -> None:
     upstream.reset()
-    for secret in secrets:
-        secret.forget()
     parameters = sys.modules.get("aws_lambda_powertools.utilities.parameters")
     if parameters is not None:
         parameters.clear_caches()
@@ -36,12 +33,12 @@ def refresh(upstream: Upstream, secrets: tuple[SecretSource, ...]) -> None:
     random.seed()
 
 
-def register(upstream: Upstream, secrets: tuple[SecretSource, ...]) -> bool:
+def register(upstream: Upstream) -> bool:
     """Register the hooks with the SnapStart registry; False where there is none."""
     try:
         from snapshot_restore_py import register_after_restore, register_before_snapshot
     except ImportError:
         return False
     register_before_snapshot(warm_imports)
-    register_after_restore(refresh, upstream, secrets)
+    register_after_restore(refresh, upstream)
     return True

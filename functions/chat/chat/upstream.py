@@ -196,9 +196,8 @@ class Upstream:
         return self._api_key.known_values()
 
     def reset(self) -> None:
-        """Forget clients and cached keys (after a SnapStart restore: connections are stale)."""
+        """Forget clients (after a SnapStart restore: their connections are stale)."""
         self._clients.clear()
-        self._api_key.forget()
 
     async def open(self, chat: ChatRequest) -> OpenStream:
         """Start the completion; raise UpstreamError if the upstream refuses or is unreachable."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -179,17 +178,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, error: HTTPException) -> Response:
         return error_response(error.status_code, str(error.detail), dict(error.headers or {}))
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> Response:
-        return error_response(400, "Invalid request")
-
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> Response:
         logger.exception("unhandled error")
         # Starlette answers this from its outermost layer, outside SecurityHeaders.
         return error_response(500, "Internal server error", SECURITY_HEADERS_TEXT)
 
-    app.openapi_schema = None
     if settings.cors_allow_origins:
         app.add_middleware(
             JSONRefusalCORS,

@@ -1,8 +1,10 @@
 """Every setting the service reads, with its typed default, in one place.
 
 Settings come from environment variables only, so the same code runs under
-uvicorn, `sam local` and Lambda; nothing else in the package reads `os.environ`
-for configuration.
+uvicorn, `sam local` and Lambda; nothing else in the app reads `os.environ` for
+them. The other readers of the environment read variables that are not the app's:
+the Lambda runtime loop (`runtime/`: the platform's variables and its invoke-mode
+settings in `runtime/settings.py`) and Powertools (its `POWERTOOLS_*` variables).
 """
 
 from __future__ import annotations
@@ -105,37 +107,4 @@ class Settings:
             auth_token_secret_id=_text(env, "CHAT_AUTH_TOKEN_SECRET_ID"),
             cors_allow_origins=_origins(env, "CHAT_CORS_ALLOW_ORIGINS"),
             secret_cache_seconds=_whole(env, "CHAT_SECRET_CACHE_SECONDS", cls.secret_cache_seconds),
-        )
-
-
-def _routes(env: Mapping[str, str], name: str) -> frozenset[str]:
-    """`"POST /api/chat/stream, GET /x"` -> {"POST /api/chat/stream", "GET /x"} (method upper-cased)."""
-    routes = set()
-    for item in env.get(name, "").split(","):
-        method, _, path = item.strip().partition(" ")
-        if method and path.strip():
-            routes.add(f"{method.upper()} {path.strip()}")
-    return frozenset(routes)
-
-
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """How the Lambda runtime loop answers; the template sets these next to the invoke modes they mirror.
-
-    No Runtime API header says whether the caller can take a stream, so the loop
-    is told: the Function URL's InvokeMode, and which REST routes are deployed
-    with response streaming (`"METHOD resourcePath"`).
-    """
-
-    function_url_streaming: bool = False
-    rest_streaming_routes: frozenset[str] = frozenset()
-    sam_local: bool = False
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:
-        env = os.environ if env is None else env
-        return cls(
-            function_url_streaming=_text(env, "CHAT_FUNCTION_URL_STREAMING").lower() == "true",
-            rest_streaming_routes=_routes(env, "CHAT_REST_STREAMING_ROUTES"),
-            sam_local=_text(env, "AWS_SAM_LOCAL").lower() == "true",
         )

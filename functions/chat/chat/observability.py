@@ -1,8 +1,10 @@
 """Structured logs and CloudWatch metrics (Powertools), shared by every entry point.
 
-Metrics are buffered in-process and written as EMF lines by `flush()`. Powertools'
-decorators would never run on the streaming path, so the Lambda runtime loop calls
-`begin_invocation` / `end_invocation` around every invocation, buffered or streamed.
+Metrics are buffered in-process and written as EMF lines when Powertools'
+`log_metrics` returns; on Lambda the runtime loop wraps every invocation in it
+and in `inject_lambda_context` (see `runtime/loop.py`). Service and namespace
+are Powertools' own `POWERTOOLS_SERVICE_NAME` / `POWERTOOLS_METRICS_NAMESPACE`,
+read by Powertools, so the loop's instances and these are the same ones.
 (`make run` turns metrics off: nothing reads EMF on a laptop.)
 """
 
@@ -10,34 +12,22 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass
-from typing import Protocol
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .usage import NO_USAGE, Usage
 
-SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "chat-stream")
 # Powertools still auto-flushes every 100 values when disabled; honour the switch here.
 METRICS_ENABLED = os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() not in ("1", "true")
-NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ChatStream")
 
-logger = Logger(service=SERVICE)
+logger = Logger()
 # Powertools writes its own JSON lines; the Lambda runtime loop's root handler must not repeat them.
 logging.getLogger(logger.name).propagate = False
 # botocore's DEBUG wire log prints Secrets Manager replies, secret values included.
 logging.getLogger("botocore").setLevel(logging.INFO)
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-_cold_start = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
-
-
-class InvocationContext(Protocol):
-    aws_request_id: str
-    invoked_function_arn: str
-    function_name: str | None
-    memory_limit_in_mb: str | None
+metrics = Metrics()
 
 
 @dataclass
@@ -111,29 +101,3 @@ def _log(outcome: StreamOutcome) -> None:
         error_kind=outcome.error_kind,
         client_disconnected=outcome.client_disconnected,
     )
-
-
-def begin_invocation(context: InvocationContext) -> None:
-    """Tag every log line of this invocation as Powertools' `inject_lambda_context` would."""
-    global _cold_start
-    logger.append_keys(
-        function_name=context.function_name,
-        function_memory_size=context.memory_limit_in_mb,
-        function_arn=context.invoked_function_arn,
-        function_request_id=context.aws_request_id,
-        cold_start=_cold_start,
-    )
-    _cold_start = False
-
-
-def end_invocation() -> None:
-    """Before the next `/next`: after it the environment may freeze with unwritten metrics."""
-    flush()
-    logger.remove_keys(["function_request_id"])
-
-
-def flush() -> None:
-    """Write buffered metrics as EMF; a no-op when nothing was recorded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        metrics.flush_metrics(raise_on_empty_metrics=False)

@@ -17,7 +17,7 @@ import time
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from . import observability, sse
+from . import observability, sse, stream_trailers
 from .chat_request import ChatRequest
 from .config import Settings
 from .upstream import OpenStream, StreamFailed, Upstream, UpstreamError
@@ -144,7 +144,7 @@ class ChatStream(Response):
             await self._fail(send, error)
             return
         try:
-            trailers = "http.response.trailers" in scope.get("extensions", {})
+            trailers = stream_trailers.EXTENSION in scope.get("extensions", {})
             await self._relay(stream, send, _Watchdog(self.settings, limit, deadline, send), started, trailers)
         finally:
             with contextlib.suppress(Exception):
@@ -199,12 +199,7 @@ class ChatStream(Response):
         ending = sse.DONE if kind is None else sse.error(failure_message)
         await send({"type": "http.response.body", "body": ending, "more_body": False})
         if trailers:
-            fields = []
-            if kind is not None:
-                fields = [
-                    (b"stream-error-type", kind.encode()),
-                    (b"stream-error-message", failure_message.encode("latin-1", "replace")),
-                ]
+            fields = [] if kind is None else stream_trailers.error_trailers(kind, failure_message)
             await send({"type": "http.response.trailers", "headers": fields, "more_trailers": False})
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import traceback
 from dataclasses import dataclass
 
 from .context import ContextError, LambdaContext
+from .errors import exception_error
 
 API_VERSION = "2018-06-01"
 log = logging.getLogger("chat.runtime")
@@ -28,15 +28,6 @@ class Invocation:
     event: bytes
     context: LambdaContext
     trace_id: str | None
-
-
-def error_payload(error: BaseException, error_type: str | None = None) -> dict[str, object]:
-    """The `{errorMessage, errorType, stackTrace}` body awslambdaric sends."""
-    return {
-        "errorMessage": str(error),
-        "errorType": error_type or type(error).__name__,
-        "stackTrace": traceback.format_tb(error.__traceback__),
-    }
 
 
 class RuntimeClient:
@@ -69,7 +60,7 @@ class RuntimeClient:
                 context = LambdaContext.from_headers(headers)
             except ContextError as error:
                 request_id = headers.get("lambda-runtime-aws-request-id", "")
-                self.post_error(request_id, error_payload(error), "Runtime.LambdaContextUnmarshalError")
+                self.post_error(request_id, exception_error(error), "Runtime.LambdaContextUnmarshalError")
                 continue
             return Invocation(event=event, context=context, trace_id=headers.get("lambda-runtime-trace-id") or None)
 

@@ -8,18 +8,21 @@ import json
 import logging
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from typing import Any, cast
 
+from aws_lambda_powertools import Logger, Metrics
 from mangum import Mangum
 from mangum.types import LambdaContext as MangumContext
 
-from .. import observability
-from ..config import RuntimeSettings
 from . import logs
-from .client import Invocation, RuntimeAPIError, RuntimeClient, error_payload
+from .client import Invocation, RuntimeAPIError, RuntimeClient
 from .context import LambdaContext
+from .errors import exception_error
 from .mode import should_stream
 from .response_stream import ResponseStream
+from .settings import RuntimeSettings
 from .streaming import stream_response
 
 log = logging.getLogger("chat.runtime")
@@ -46,12 +49,27 @@ def load_handler(spec: str) -> Mangum:
     return handler
 
 
+def observed(dispatch: Callable[[Any, LambdaContext], None]) -> Callable[[Any, LambdaContext], None]:
+    """`dispatch` inside Powertools' own invocation decorators, as a managed-runtime handler would be.
+
+    `inject_lambda_context` tags every Powertools log line with the context (and
+    cold start); `log_metrics` writes the invocation's metrics as EMF when the
+    dispatch returns -- after a streamed response ended, before the next `/next`,
+    after which the environment may freeze. Powertools reads its service and
+    namespace from the environment, so these instances share the app's.
+    """
+    # An invocation that recorded no metric (healthz, an error) is normal, not worth a warning each time.
+    warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
+    return cast(Callable[[Any, LambdaContext], None], Metrics().log_metrics(Logger().inject_lambda_context(dispatch)))
+
+
 class Runtime:
     def __init__(self, client: RuntimeClient, handler: Mangum, settings: RuntimeSettings) -> None:
         self.client = client
         self.handler = handler
         self.settings = settings
         self.loop = asyncio.get_event_loop()  # Mangum created (and set) it; loop-bound clients live on it.
+        self.dispatch = observed(self._dispatch)
 
     def serve_forever(self) -> None:
         while True:
@@ -65,27 +83,28 @@ class Runtime:
         else:
             os.environ.pop(TRACE_ID, None)
         logs.set_request_id(request_id)
-        observability.begin_invocation(context)
         try:
             try:
                 event = json.loads(invocation.event)
             except ValueError as error:
-                self.client.post_error(request_id, error_payload(error), "Runtime.UnmarshalError")
+                self.client.post_error(request_id, exception_error(error), "Runtime.UnmarshalError")
                 return
-            if should_stream(event, self.settings):
-                self._stream(event, context)
-            else:
-                self._buffered(event, context)
+            self.dispatch(event, context)
         finally:
-            observability.end_invocation()
             logs.set_request_id("")
+
+    def _dispatch(self, event: Any, context: LambdaContext) -> None:
+        if should_stream(event, self.settings):
+            self._stream(event, context)
+        else:
+            self._buffered(event, context)
 
     def _buffered(self, event: Any, context: LambdaContext) -> None:
         try:
             body = json.dumps(self.handler(event, _for_mangum(context))).encode()
         except Exception as error:
             log.exception("invocation failed")
-            self.client.post_error(context.aws_request_id, error_payload(error), "Function.Unhandled")
+            self.client.post_error(context.aws_request_id, exception_error(error), "Function.Unhandled")
             return
         self.client.post_response(context.aws_request_id, body)
 
@@ -94,22 +113,17 @@ class Runtime:
             parsed = self.handler.infer(event, _for_mangum(context))
         except Exception as error:
             log.exception("unsupported event")
-            self.client.post_error(context.aws_request_id, error_payload(error), "Function.Unhandled")
+            self.client.post_error(context.aws_request_id, exception_error(error), "Function.Unhandled")
             return
         self.loop.run_until_complete(self._stream_async(parsed, context))
 
     async def _stream_async(self, parsed: Any, context: LambdaContext) -> None:
+        deadline = self.loop.time() + context.get_remaining_time_in_millis() / 1000
         try:
-            stream = await ResponseStream.open(self.client.address, context.aws_request_id)
+            stream = await ResponseStream.open(self.client.address, context.aws_request_id, deadline)
         except OSError as error:
             raise RuntimeAPIError(f"cannot open the streamed response: {error}") from error
-        await stream_response(
-            self.handler.app,
-            parsed,
-            stream,
-            config=self.handler.config,
-            remaining_seconds=context.get_remaining_time_in_millis() / 1000,
-        )
+        await stream_response(self.handler.app, parsed, stream, config=self.handler.config)
         if not stream.accepted:
             log.warning("streamed response not accepted: %r", stream.status_line.decode("latin-1").strip())
 
@@ -123,7 +137,7 @@ def run_snapstart_hooks(client: RuntimeClient) -> None:
             hook(*args, **kwargs)
     except Exception as error:
         log.exception("before-snapshot hook failed")
-        client.post_init_error(error_payload(error), "Runtime.BeforeSnapshotError")
+        client.post_init_error(exception_error(error), "Runtime.BeforeSnapshotError")
         sys.exit(64)
     client.restore_next()
     try:
@@ -131,7 +145,7 @@ def run_snapstart_hooks(client: RuntimeClient) -> None:
             hook(*args, **kwargs)
     except Exception as error:
         log.exception("after-restore hook failed")
-        client.post_restore_error(error_payload(error), "Runtime.AfterRestoreError")
+        client.post_restore_error(exception_error(error), "Runtime.AfterRestoreError")
         sys.exit(65)
 
 
@@ -143,7 +157,7 @@ def main() -> None:
     except Exception as error:
         error_type = "Runtime.HandlerNotFound" if isinstance(error, HandlerError) else "Runtime.ImportModuleError"
         log.exception("init failed")
-        client.post_init_error(error_payload(error, error_type), error_type)
+        client.post_init_error(exception_error(error, error_type), error_type)
         sys.exit(1)
     if os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == "snap-start":
         run_snapstart_hooks(client)

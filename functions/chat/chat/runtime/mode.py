@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import RuntimeSettings
+from .settings import RuntimeSettings
 
 
 def is_function_url(event: dict[str, Any]) -> bool:

@@ -9,6 +9,9 @@ from typing import Any
 # Before the app is imported: the in-process servers' EMF lines would only clutter test output.
 # (Tests of the runtime loop turn metrics back on in their child processes and check them.)
 os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+# What the template sets; Powertools reads them (the app and the runtime loop share its instances through them).
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "chat-stream")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ChatStream")
 
 import boto3
 import pytest

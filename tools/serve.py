@@ -30,6 +30,7 @@ def main() -> None:
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8080"))
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "chat-stream")  # as the template sets it
     demo: FakeOpenAI | None = None
     if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_API_KEY_SECRET_ID"):
         demo = FakeOpenAI(default=demo_script).start()

@@ -85,6 +85,12 @@ class Settings:
     auth_token_secret_id: str = ""
     cors_allow_origins: tuple[str, ...] = ()
     secret_cache_seconds: int = 300
+    # Conversations (the store).
+    store_url: str = "sqlite:///.data/chat.sqlite3"
+    retention_days: float = 30.0
+    stop_poll_seconds: float = 0.5
+    answer_lock_seconds: float = 900.0
+    history_token_budget: int = 16000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,4 +113,9 @@ class Settings:
             auth_token_secret_id=_text(env, "CHAT_AUTH_TOKEN_SECRET_ID"),
             cors_allow_origins=_origins(env, "CHAT_CORS_ALLOW_ORIGINS"),
             secret_cache_seconds=_whole(env, "CHAT_SECRET_CACHE_SECONDS", cls.secret_cache_seconds),
+            store_url=_text(env, "CHAT_STORE_URL", cls.store_url),
+            retention_days=_number(env, "CHAT_RETENTION_DAYS", cls.retention_days, minimum=0.001),
+            stop_poll_seconds=_number(env, "CHAT_STOP_POLL_SECONDS", cls.stop_poll_seconds, minimum=0.05),
+            answer_lock_seconds=_number(env, "CHAT_ANSWER_LOCK_SECONDS", cls.answer_lock_seconds, minimum=1),
+            history_token_budget=_whole(env, "CHAT_HISTORY_TOKEN_BUDGET", cls.history_token_budget, minimum=16),
         )

@@ -1,0 +1,246 @@
+"""The embedded backend: one SQLite file (standard library), shared safely by several processes.
+
+WAL mode lets readers run beside the one writer; every write is a `BEGIN IMMEDIATE`
+transaction, so the lock check and the writes that depend on it are atomic across
+processes too. One connection, used by one store thread, per process.
+Expired conversations are purged at most once an hour, by the process that writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from .base import (
+    Conversation,
+    ConversationNotFound,
+    ConversationSummary,
+    Message,
+    Page,
+    StopResult,
+    Store,
+    StoreBusy,
+    StoreUnavailable,
+    TurnEnd,
+    TurnStart,
+    decode_cursor,
+    encode_cursor,
+    iso,
+    list_position,
+    owner_key,
+)
+
+PURGE_INTERVAL_SECONDS = 3600.0
+USER, ANSWER = 0, 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    owner TEXT NOT NULL, id TEXT NOT NULL, title TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_newest ON conversations (owner, updated_at, id);
+CREATE TABLE IF NOT EXISTS messages (
+    owner TEXT NOT NULL, conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, part INTEGER NOT NULL,
+    role TEXT NOT NULL, content TEXT NOT NULL, status TEXT NOT NULL, created_at TEXT NOT NULL,
+    turn_id TEXT NOT NULL,
+    PRIMARY KEY (owner, conversation_id, seq, part)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS locks (
+    owner TEXT NOT NULL, conversation_id TEXT NOT NULL, turn_id TEXT NOT NULL,
+    expires_at REAL NOT NULL, stop INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner, conversation_id)) WITHOUT ROWID;
+"""
+
+
+class SQLiteStore(Store):
+    workers = 1  # the one connection is used by one thread
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
+        self._guard = threading.Lock()
+        self._last_purge = 0.0
+
+    def _db(self) -> sqlite3.Connection:
+        with self._guard:
+            if self._connection is None:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute("PRAGMA synchronous=NORMAL")
+                    connection.executescript(SCHEMA)
+                except (OSError, sqlite3.Error) as error:
+                    raise StoreUnavailable(f"The conversation store could not be opened: {error}") from None
+                self._connection = connection
+            return self._connection
+
+    def close(self) -> None:
+        super().close()
+        with self._guard:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def _write(self, now: float) -> sqlite3.Connection:
+        """Begin a write transaction (purging expired conversations first, hourly)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        if now - self._last_purge >= PURGE_INTERVAL_SECONDS:
+            self._last_purge = now
+            expired = "SELECT owner, id FROM conversations WHERE expires_at <= ?"
+            db.execute(f"DELETE FROM messages WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
+            db.execute(f"DELETE FROM locks WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
+            db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
+        return db
+
+    def _summary(
+        self, db: sqlite3.Connection, owner: str, conversation_id: str, now: float
+    ) -> ConversationSummary | None:
+        row = db.execute(
+            "SELECT title, created_at, updated_at FROM conversations WHERE owner = ? AND id = ? AND expires_at > ?",
+            (owner, conversation_id, now),
+        ).fetchone()
+        return None if row is None else ConversationSummary(conversation_id, row[0], row[1], row[2])
+
+    def _load(self, owner: str, conversation_id: str, now: float) -> Conversation | None:
+        owner = owner_key(owner)
+        db = self._db()
+        try:
+            db.execute("BEGIN")
+            row = db.execute(
+                "SELECT title, created_at, updated_at, expires_at FROM conversations"
+                " WHERE owner = ? AND id = ? AND expires_at > ?",
+                (owner, conversation_id, now),
+            ).fetchone()
+            if row is None:
+                return None
+            rows = db.execute(
+                "SELECT seq, role, content, status, created_at FROM messages"
+                " WHERE owner = ? AND conversation_id = ? ORDER BY seq, part",
+                (owner, conversation_id),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        messages = tuple(Message(role, content, status, created) for _, role, content, status, created in rows)
+        next_seq = rows[-1][0] + 1 if rows else 0
+        return Conversation(ConversationSummary(conversation_id, *row[:3]), messages, next_seq, row[3])
+
+    def _list(self, owner: str, limit: int, cursor: str | None, now: float) -> Page:
+        owner = owner_key(owner)
+        query = "SELECT id, title, created_at, updated_at FROM conversations WHERE owner = ? AND expires_at > ?"
+        parameters: list[object] = [owner, now]
+        if cursor is not None:
+            query += " AND (updated_at, id) < (?, ?)"
+            parameters.extend(decode_cursor(cursor))
+        query += " ORDER BY updated_at DESC, id DESC LIMIT ?"
+        parameters.append(limit + 1)
+        rows = self._db().execute(query, parameters).fetchall()
+        summaries = tuple(ConversationSummary(*row) for row in rows[:limit])
+        more = len(rows) > limit
+        last = summaries[-1] if summaries else None
+        next_cursor = encode_cursor(list_position(last.updated_at, last.id)) if more and last else None
+        return Page(summaries, next_cursor)
+
+    def _begin_turn(self, start: TurnStart) -> None:
+        owner, cid = owner_key(start.owner), start.conversation_id
+        db = self._write(start.now)
+        try:
+            stamp = iso(start.now)
+            if start.title is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
+                    (owner, cid, start.title, stamp, stamp, start.expires_at),
+                )
+            elif self._summary(db, owner, cid, start.now) is None:
+                raise ConversationNotFound("Conversation not found.")
+            lock = db.execute(
+                "SELECT turn_id, expires_at FROM locks WHERE owner = ? AND conversation_id = ?", (owner, cid)
+            ).fetchone()
+            if lock is not None and lock[0] != start.turn_id and lock[1] > start.now:
+                raise StoreBusy("An answer is already in progress in this conversation.")
+            taken = db.execute(
+                "SELECT turn_id FROM messages WHERE owner = ? AND conversation_id = ? AND seq >= ? AND part = ?",
+                (owner, cid, start.seq, USER),
+            ).fetchall()
+            if any(row[0] != start.turn_id for row in taken):
+                raise StoreBusy("Another answer was written to this conversation meanwhile; reload it.")
+            db.execute(
+                "INSERT OR REPLACE INTO locks VALUES (?, ?, ?, ?, 0)", (owner, cid, start.turn_id, start.lock_until)
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, 'user', ?, 'complete', ?, ?)",
+                (owner, cid, start.seq, USER, start.message, stamp, start.turn_id),
+            )
+            db.execute(
+                "UPDATE conversations SET updated_at = ?, expires_at = ? WHERE owner = ? AND id = ?",
+                (stamp, start.expires_at, owner, cid),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _finish_turn(self, end: TurnEnd) -> None:
+        owner, cid = owner_key(end.owner), end.conversation_id
+        db = self._write(end.now)
+        try:
+            db.execute(
+                "DELETE FROM locks WHERE owner = ? AND conversation_id = ? AND turn_id = ?", (owner, cid, end.turn_id)
+            )
+            stamp = iso(end.now)
+            updated = db.execute(
+                "UPDATE conversations SET updated_at = ?, expires_at = ? WHERE owner = ? AND id = ?",
+                (stamp, end.expires_at, owner, cid),
+            )
+            if updated.rowcount:
+                db.execute(
+                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, 'assistant', ?, ?, ?, ?)",
+                    (owner, cid, end.seq, ANSWER, end.content, end.status, stamp, end.turn_id),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _request_stop(self, owner: str, conversation_id: str, now: float) -> StopResult:
+        owner = owner_key(owner)
+        db = self._write(now)
+        try:
+            if self._summary(db, owner, conversation_id, now) is None:
+                return "missing"
+            flagged = db.execute(
+                "UPDATE locks SET stop = 1 WHERE owner = ? AND conversation_id = ? AND expires_at > ?",
+                (owner, conversation_id, now),
+            )
+            return "stopping" if flagged.rowcount else "idle"
+        finally:
+            db.execute("COMMIT")
+
+    def _stop_requested(self, owner: str, conversation_id: str, turn_id: str) -> bool:
+        row = (
+            self._db()
+            .execute(
+                "SELECT turn_id, stop FROM locks WHERE owner = ? AND conversation_id = ?",
+                (owner_key(owner), conversation_id),
+            )
+            .fetchone()
+        )
+        return row is None or row[0] != turn_id or bool(row[1])
+
+    def _delete(self, owner: str, conversation_id: str, now: float) -> bool:
+        owner = owner_key(owner)
+        db = self._write(now)
+        try:
+            found = self._summary(db, owner, conversation_id, now) is not None
+            if found:
+                for table, column in (
+                    ("messages", "conversation_id"),
+                    ("locks", "conversation_id"),
+                    ("conversations", "id"),
+                ):
+                    db.execute(f"DELETE FROM {table} WHERE owner = ? AND {column} = ?", (owner, conversation_id))  # noqa: S608
+            return found
+        finally:
+            db.execute("COMMIT")

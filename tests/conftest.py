@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 # Before the app is imported: the in-process servers' EMF lines would only clutter test output.
@@ -18,6 +19,7 @@ import pytest
 from moto import mock_aws
 
 from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.sam_cli import build_package
 from tests.harness.support import AppServer, reset_powertools, settings_for
 
 
@@ -48,3 +50,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     with mock_aws():
         yield boto3.client("secretsmanager")
     reset_powertools()
+
+
+@pytest.fixture(scope="session")
+def x86_64_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Lambda package as the project's build makes it, for this machine's architecture: built once a session."""
+    return build_package(tmp_path_factory.mktemp("twin"), "x86_64")

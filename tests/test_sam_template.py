@@ -18,8 +18,6 @@ from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.sam_cli import ROOT, build_env, python313, sam_tool
 from tools import cold_path
 
-FUNCTION_DIR = ROOT / "functions" / "chat"
-
 
 def run(command: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
@@ -139,18 +137,6 @@ def arm64_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run([sam_tool("sam"), "build", "--build-dir", build_dir], env=build_env())
     assert result.returncode == 0, result.stdout + result.stderr
     return build_dir / "ChatFunction"
-
-
-@pytest.fixture(scope="module")
-def x86_64_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same Makefile target for this machine's architecture, so the package can be imported here."""
-    artifacts = tmp_path_factory.mktemp("twin")
-    result = run(
-        ["make", "-C", FUNCTION_DIR, "build-ChatFunction", f"ARTIFACTS_DIR={artifacts}", "LAMBDA_ARCH=x86_64"],
-        env=build_env(),
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return artifacts
 
 
 def run_in(package: Path, code: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.ports import free_port
-from tests.harness.sam_cli import rie_binary
+from tests.harness.sam_cli import python313, rie_binary
 from tests.harness.support import TEST_KEY
 
 FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "chat"
@@ -55,14 +55,17 @@ RUNTIME_COMMAND = [str(WRAPPER), sys.executable, BOOTSTRAP]
 class ChildProcess:
     """A child process (by default the runtime: wrapper + loop), its output kept for assertions."""
 
-    def __init__(self, env: dict[str, str], command: list[str] = RUNTIME_COMMAND) -> None:
+    def __init__(self, env: dict[str, str], command: list[str] = RUNTIME_COMMAND, cwd: Path | None = None) -> None:
         self.env = env
         self.command = command
+        self.cwd = cwd
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__, read by `output`
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ChildProcess:
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -98,8 +101,15 @@ def wait_for_port(port: int, what: ChildProcess, timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
+def packaged_command(package: Path) -> list[str]:
+    """A built package's own wrapper, given python3.13 as the managed runtime gives its interpreter."""
+    return [str(package / "lambda-exec-wrapper"), str(python313()), BOOTSTRAP]
+
+
 @contextlib.contextmanager
-def emulator(env: dict[str, str]) -> Iterator[tuple[str, ChildProcess]]:
+def emulator(
+    env: dict[str, str], runtime: list[str] = RUNTIME_COMMAND, cwd: Path | None = None
+) -> Iterator[tuple[str, ChildProcess]]:
     """AWS's Runtime Interface Emulator running our runtime; yields (invoke URL, process)."""
     port = free_port()
     command = [
@@ -108,8 +118,8 @@ def emulator(env: dict[str, str]) -> Iterator[tuple[str, ChildProcess]]:
         f"127.0.0.1:{port}",
         "--runtime-api-address",
         f"127.0.0.1:{free_port()}",
-        *RUNTIME_COMMAND,
+        *runtime,
     ]
-    with ChildProcess({"AWS_LAMBDA_FUNCTION_TIMEOUT": "30", **env}, command) as process:
+    with ChildProcess({"AWS_LAMBDA_FUNCTION_TIMEOUT": "30", **env}, command, cwd) as process:
         wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations", process

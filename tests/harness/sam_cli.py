@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,23 @@ def python313() -> Path:
 def build_env() -> dict[str, str]:
     """The environment `sam build` needs: python3.13 first on PATH, as the Makefile calls it by that name."""
     return {**os.environ, "PATH": f"{python313().parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def build_package(artifacts: Path, arch: str) -> Path:
+    """Build the function as `sam build` does (its Makefile target) into `artifacts`, for `arch`."""
+    result = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(ROOT / "functions" / "chat"),
+            "build-ChatFunction",
+            f"ARTIFACTS_DIR={artifacts}",
+            f"LAMBDA_ARCH={arch}",
+        ],
+        env=build_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return artifacts

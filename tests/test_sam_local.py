@@ -56,3 +56,18 @@ def test_bad_body_is_the_contract_400(local_api: str) -> None:
 
 def test_only_the_template_routes_exist(local_api: str) -> None:
     assert httpx.get(f"{local_api}/healthz", timeout=60).status_code == 403  # SAM's "Missing Authentication Token"
+
+
+def test_the_chat_page_and_its_assets_are_served(local_api: str) -> None:
+    """The template routes `GET /` and `GET /static/{name}` to the function: `sam local start-api` serves the page."""
+    page_dir = ROOT / "functions" / "chat" / "chat" / "static"
+    for path, name, media_type in [
+        ("/", "index.html", "text/html; charset=utf-8"),
+        ("/static/chat.css", "chat.css", "text/css; charset=utf-8"),
+        ("/static/chat.js", "chat.js", "text/javascript; charset=utf-8"),
+    ]:
+        response = httpx.get(local_api + path, timeout=60)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"] == media_type
+        assert response.content == (page_dir / name).read_bytes()
+        assert "script-src 'self'" in response.headers["content-security-policy"]

@@ -185,6 +185,18 @@ def test_the_zipped_package_fits_lambda(arm64_package: Path, tmp_path: Path) -> 
         for path in sorted(arm64_package.rglob("*")):
             zipped.write(path, path.relative_to(arm64_package))
     assert archive.stat().st_size < 50 * 1024 * 1024  # Lambda's limit for a directly uploaded zip
+    with zipfile.ZipFile(archive) as zipped:
+        shipped = set(zipped.namelist())
+    # The chat page the app serves at `/` ships in the package, byte for byte.
+    page_dir = ROOT / "functions" / "chat" / "chat" / "static"
+    for name in ("index.html", "chat.css", "chat.js"):
+        assert f"chat/static/{name}" in shipped
+        assert zipped_bytes(archive, f"chat/static/{name}") == (page_dir / name).read_bytes()
+
+
+def zipped_bytes(archive: Path, name: str) -> bytes:
+    with zipfile.ZipFile(archive) as zipped:
+        return zipped.read(name)
 
 
 def test_the_cold_path_list_matches_what_the_package_imports(x86_64_twin: Path, fake: FakeOpenAI) -> None:

@@ -18,6 +18,7 @@ from .chat_request import BadRequest, parse_chat_request
 from .config import Settings
 from .headers import SECURITY_HEADERS_TEXT, SecurityHeaders
 from .observability import logger
+from .page import add_page_routes
 from .relay import ChatStream, error_response
 from .secrets import SecretSource, SecretUnavailable
 from .upstream import Upstream
@@ -173,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> Response:
         """Liveness: answers without calling the model."""
         return Response(b'{"status":"ok"}', media_type="application/json")
+
+    add_page_routes(app)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:

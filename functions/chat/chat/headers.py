@@ -1,4 +1,9 @@
-"""Security headers on every response, added at the ASGI layer so streams are untouched."""
+"""Security headers on every response, added at the ASGI layer so streams are untouched.
+
+A response that sets one of these headers itself keeps its own value: the chat page
+sends a Content-Security-Policy that lets it load its own script and stylesheet,
+where the API's default policy allows nothing (two policies would both apply).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,10 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *SECURITY_HEADERS]}
+                headers = list(message.get("headers", ()))
+                own = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in SECURITY_HEADERS if name not in own]
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,479 @@
+// chat-stream's page: plain JavaScript served as it is (no framework, no build step).
+// The model's text is untrusted: it reaches the page only as text nodes, never as HTML.
+
+const KEY_STORAGE = "chat-stream.key"; // sessionStorage only: gone when the tab closes
+const CONVERSATION_STORAGE = "chat-stream.conversation";
+
+// ---------------------------------------------------------------- Server-Sent Events
+
+/**
+ * An event-stream parser following the HTML standard: lines end at CR, LF or CRLF (also
+ * split across chunks), one space after "data:" is dropped, several data lines join with
+ * "\n", comment lines (":") are ignored, an event is dispatched at a blank line, and an
+ * unfinished event at the end of the stream is dropped. Returns feed(text).
+ */
+export function createSSEParser(onEvent) {
+  let buffer = "";
+  let data = [];
+  let type = "";
+  let afterCR = false;
+
+  function line(text) {
+    if (text === "") {
+      if (data.length) onEvent({ type: type || "message", data: data.join("\n") });
+      data = [];
+      type = "";
+      return;
+    }
+    if (text[0] === ":") return;
+    const colon = text.indexOf(":");
+    const field = colon < 0 ? text : text.slice(0, colon);
+    let value = colon < 0 ? "" : text.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "data") data.push(value);
+    else if (field === "event") type = value;
+  }
+
+  return function feed(chunk) {
+    buffer += chunk;
+    let start = 0;
+    for (let i = 0; i < buffer.length; i++) {
+      const code = buffer.charCodeAt(i);
+      if (code === 10 && afterCR) {
+        afterCR = false;
+        start = i + 1;
+        continue;
+      }
+      afterCR = false;
+      if (code === 10 || code === 13) {
+        line(buffer.slice(start, i));
+        start = i + 1;
+        afterCR = code === 13;
+      }
+    }
+    buffer = buffer.slice(start);
+  };
+}
+
+/** Read a fetch response's body as it arrives; onEvent per event, onChunk after each read. */
+async function readEvents(response, onEvent, onChunk) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  const feed = createSSEParser(onEvent);
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    feed(decoder.decode(value, { stream: true }));
+    onChunk();
+  }
+  feed(decoder.decode());
+}
+
+// ---------------------------------------------------------------- rendering model text
+
+const INLINE = /(`[^`\n]+`|\*\*[^*\n]+\*\*)/;
+
+function inline(parent, text) {
+  for (const part of text.split(INLINE)) {
+    if (!part) continue;
+    if (part.length > 2 && part[0] === "`" && part.endsWith("`")) {
+      parent.append(element("code", part.slice(1, -1)));
+    } else if (part.length > 4 && part.startsWith("**") && part.endsWith("**")) {
+      parent.append(element("strong", part.slice(2, -2)));
+    } else {
+      parent.append(part);
+    }
+  }
+}
+
+function element(tag, text) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/**
+ * Paragraphs, lists, headings and fenced code blocks, built from DOM nodes and text
+ * nodes only: whatever the model writes ("<script>", "onerror=") is shown, never run.
+ */
+export function renderText(container, text) {
+  const out = document.createDocumentFragment();
+  const lines = text.replace(/\r\n?/g, "\n").split("\n");
+  let paragraph = null;
+  let list = null;
+  const close = () => {
+    paragraph = null;
+    list = null;
+  };
+  for (let i = 0; i < lines.length; i++) {
+    const raw = lines[i];
+    const fence = /^\s*(```+|~~~+)\s*([\w+#.-]*)/.exec(raw);
+    if (fence) {
+      close();
+      const body = [];
+      for (i++; i < lines.length && !lines[i].trim().startsWith(fence[1]); i++) body.push(lines[i]);
+      const pre = element("pre");
+      const code = element("code", body.join("\n"));
+      if (fence[2]) pre.dataset.language = fence[2];
+      pre.append(code);
+      out.append(pre);
+      continue;
+    }
+    if (!raw.trim()) {
+      close();
+      continue;
+    }
+    const item = /^\s*([-*+]|\d+[.)])\s+(.*)$/.exec(raw);
+    if (item) {
+      const tag = /\d/.test(item[1]) ? "ol" : "ul";
+      if (!list || list.tagName.toLowerCase() !== tag) {
+        list = element(tag);
+        out.append(list);
+      }
+      paragraph = null;
+      const li = element("li");
+      inline(li, item[2]);
+      list.append(li);
+      continue;
+    }
+    const heading = /^#{1,6}\s+(.*)$/.exec(raw);
+    if (heading) {
+      close();
+      const p = element("p");
+      const strong = element("strong");
+      inline(strong, heading[1]);
+      p.append(strong);
+      out.append(p);
+      continue;
+    }
+    list = null;
+    if (paragraph) {
+      paragraph.append("\n");
+    } else {
+      paragraph = element("p");
+      out.append(paragraph);
+    }
+    inline(paragraph, raw);
+  }
+  container.replaceChildren(out);
+}
+
+// ---------------------------------------------------------------- the page
+
+const $ = (id) => document.getElementById(id);
+const transcript = $("transcript");
+const input = $("message");
+const form = $("composer");
+const sendButton = $("send");
+const stopButton = $("stop");
+const statusRegion = $("status");
+const empty = $("empty");
+const keyDialog = $("key-dialog");
+const keyInput = $("key");
+
+/** The conversation: {role, content, status} turns, kept in sessionStorage so a reload keeps it. */
+const state = { messages: loadConversation(), busy: null, problem: null, afterKey: null };
+
+function loadConversation() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(CONVERSATION_STORAGE) || "null");
+    if (!saved || !Array.isArray(saved.messages)) return [];
+    return saved.messages
+      .filter((m) => m && typeof m.content === "string" && (m.role === "user" || m.role === "assistant"))
+      .map((m) => ({ role: m.role, content: m.content, status: m.status === "streaming" ? "interrupted" : m.status }));
+  } catch {
+    return [];
+  }
+}
+
+function saveConversation() {
+  const messages = state.messages.map(({ role, content, status }) => ({ role, content, status }));
+  sessionStorage.setItem(CONVERSATION_STORAGE, JSON.stringify({ messages }));
+}
+
+function announce(text) {
+  statusRegion.textContent = text;
+}
+
+const ENDINGS = {
+  stopped: "Stopped.",
+  interrupted: "Interrupted: the page was reloaded before this answer finished.",
+};
+
+/** One transcript entry; returns an updater for assistant turns. */
+function addTurn(message) {
+  const li = element("li");
+  li.className = `turn ${message.role}`;
+  li.append(element("span", message.role === "user" ? "You: " : "Assistant: "));
+  li.firstChild.className = "who";
+  const body = element("div");
+  li.append(body);
+  transcript.append(li);
+  empty.hidden = true;
+  const view = {
+    node: li,
+    update() {
+      if (message.role === "user") body.textContent = message.content;
+      else {
+        body.className = "answer";
+        renderText(body, message.content);
+      }
+      li.classList.toggle("pending", message.status === "streaming");
+      li.setAttribute("aria-busy", String(message.status === "streaming"));
+      li.querySelector(".mark")?.remove();
+      if (ENDINGS[message.status]) {
+        const mark = element("span", ENDINGS[message.status]);
+        mark.className = "mark";
+        li.append(mark);
+      }
+    },
+  };
+  view.update();
+  return view;
+}
+
+function renderConversation() {
+  transcript.replaceChildren();
+  for (const message of state.messages) addTurn(message);
+  empty.hidden = state.messages.length > 0;
+}
+
+function scrollToEnd() {
+  const main = $("main");
+  main.scrollTop = main.scrollHeight;
+}
+
+/** A problem shown in place (below the conversation, or inside a turn), in words, with a Retry button. */
+function showProblem(text, retry, turn = null) {
+  clearProblem();
+  const box = element("div");
+  box.className = "problem";
+  box.setAttribute("role", "alert");
+  box.append(element("span", text));
+  if (retry) {
+    const button = element("button", "Retry");
+    button.type = "button";
+    button.addEventListener("click", () => {
+      clearProblem();
+      retry();
+    });
+    box.append(button);
+  }
+  if (turn) turn.append(box);
+  else transcript.after(box);
+  state.problem = box;
+  scrollToEnd();
+}
+
+function clearProblem() {
+  state.problem?.remove();
+  state.problem = null;
+}
+
+function setBusy(busy) {
+  sendButton.disabled = busy;
+  stopButton.hidden = !busy;
+  sendButton.hidden = busy;
+}
+
+function autosize() {
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight + 2, 192)}px`;
+}
+
+const LOST = "The connection to the service was lost. Check your network, then retry.";
+
+/** What a refused request means, in words; the server's own message is kept. */
+function refusalText(status, said, retryAfter) {
+  const detail = said ? ` (${said})` : "";
+  if (status === 400) return `The service could not take this message: ${said || "it was not accepted."}`;
+  if (status === 403) {
+    return (
+      "This deployment accepts only requests signed with AWS credentials (AuthMode=AWS_IAM), and a " +
+      "browser cannot sign requests. Use curl --aws-sigv4 or an SDK instead, or deploy with AuthMode=TOKEN " +
+      "to chat from this page."
+    );
+  }
+  if (status === 404) return `This service does not offer that${detail}.`;
+  if (status === 409) return `An answer is already being written in this conversation: wait for it or stop it, then retry${detail}.`;
+  if (status === 413) return `Your message is too long for the service${detail}. Shorten it and send it again.`;
+  if (status === 429) {
+    const wait = Number.parseInt(retryAfter || "", 10);
+    const when = Number.isFinite(wait) ? `in ${wait} s` : "in a moment";
+    return `Too many requests right now: try again ${when}${detail}.`;
+  }
+  if (status >= 500) return `The service had a problem (HTTP ${status})${detail}. Try again.`;
+  return `The request was refused (HTTP ${status})${detail}.`;
+}
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
+function askForKey(reason, then) {
+  $("key-reason").textContent = reason;
+  keyInput.value = "";
+  state.afterKey = then;
+  if (!keyDialog.open) keyDialog.showModal();
+  keyInput.focus();
+}
+
+async function refused(response, text) {
+  const body = await response.json().catch(() => null);
+  const said = body && typeof body.error === "string" ? body.error : "";
+  if (response.status === 401) {
+    const hadKey = sessionStorage.getItem(KEY_STORAGE) !== null;
+    sessionStorage.removeItem(KEY_STORAGE);
+    const reason = hadKey
+      ? "That key was not accepted. Enter a valid API key: it is kept for this browser tab only."
+      : "This service needs an API key. It is kept for this browser tab only and sent with each message.";
+    showProblem(`${said || "An API key is needed."} Enter a key to send your message.`, () => send(text));
+    askForKey(reason, () => send(text));
+    return;
+  }
+  showProblem(refusalText(response.status, said, response.headers.get("retry-after")), () => send(text));
+  announce(state.problem.textContent);
+}
+
+/** Send `text` as the next user turn and stream the answer into the transcript. */
+async function send(text) {
+  if (state.busy || !text.trim()) return;
+  clearProblem();
+  const history = state.messages.filter((m) => m.content).map(({ role, content }) => ({ role, content }));
+  const user = { role: "user", content: text, status: "complete" };
+  const answer = { role: "assistant", content: "", status: "streaming" };
+  const userView = addTurn(user);
+  const answerView = addTurn(answer);
+  scrollToEnd();
+  const busy = { controller: new AbortController(), stopped: false };
+  state.busy = busy;
+  setBusy(true);
+  announce("Sending your message.");
+  const removePending = () => {
+    userView.node.remove();
+    answerView.node.remove();
+    empty.hidden = state.messages.length > 0;
+  };
+
+  let response;
+  try {
+    response = await fetch("api/chat/stream", {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "text/event-stream", ...authHeaders() },
+      body: JSON.stringify(history.length ? { message: text, history } : { message: text }),
+      signal: busy.controller.signal,
+      cache: "no-store",
+    });
+  } catch {
+    removePending();
+    finish();
+    if (!busy.stopped) showProblem(LOST, () => send(text));
+    return;
+  }
+  if (!response.ok || !(response.headers.get("content-type") || "").startsWith("text/event-stream")) {
+    removePending();
+    finish();
+    await refused(response, text);
+    return;
+  }
+
+  // Accepted: from here the turn belongs to the conversation, and the typed text has been sent.
+  state.messages.push(user, answer);
+  saveConversation();
+  if (input.value === text) {
+    input.value = "";
+    autosize();
+  }
+  announce("The assistant is answering.");
+  let ending = null; // null: the body ended with neither [DONE] nor an error event
+  try {
+    await readEvents(
+      response,
+      (event) => {
+        if (ending) return;
+        if (event.type === "error") ending = { problem: `The answer ended early: ${event.data}` };
+        else if (event.type === "message" && event.data === "[DONE]") ending = { done: true };
+        else if (event.type === "message") answer.content += event.data;
+      },
+      () => {
+        answerView.update();
+        saveConversation();
+        scrollToEnd();
+      },
+    );
+  } catch {
+    ending = busy.stopped ? { stopped: true } : { problem: LOST };
+  }
+  if (!ending) ending = { problem: "The answer was cut off: the connection closed before it finished." };
+  answer.status = ending.done ? "complete" : ending.stopped ? "stopped" : "error";
+  answerView.update();
+  saveConversation();
+  finish();
+  if (ending.problem) {
+    const retry = () => {
+      state.messages.splice(state.messages.indexOf(user));
+      saveConversation();
+      renderConversation();
+      send(text);
+    };
+    showProblem(ending.problem, retry, answerView.node);
+    announce(`${answer.content} ${ending.problem}`);
+  } else {
+    announce(ending.stopped ? `Stopped. ${answer.content}` : answer.content);
+  }
+}
+
+function finish() {
+  state.busy = null;
+  setBusy(false);
+}
+
+function stop() {
+  if (!state.busy) return;
+  state.busy.stopped = true;
+  state.busy.controller.abort();
+}
+
+function newChat() {
+  stop();
+  clearProblem();
+  state.messages = [];
+  saveConversation();
+  renderConversation();
+  input.focus();
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  send(input.value);
+});
+input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    if (!state.busy) form.requestSubmit();
+  } else if (event.key === "Escape" && state.busy) {
+    stop();
+  }
+});
+input.addEventListener("input", autosize);
+stopButton.addEventListener("click", () => {
+  stop();
+  input.focus();
+});
+$("new-chat").addEventListener("click", newChat);
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = keyInput.value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  keyDialog.close();
+  const then = state.afterKey;
+  state.afterKey = null;
+  clearProblem();
+  then?.();
+});
+$("key-cancel").addEventListener("click", () => keyDialog.close());
+
+renderConversation();
+input.focus();

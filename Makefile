@@ -5,7 +5,7 @@ VENV := .venv
 SAM_VENV := .venv-sam
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: run test lint typecheck unit bench load clean
+.PHONY: run test lint typecheck unit chromium bench load clean
 
 $(VENV)/.installed: requirements.txt constraints.txt functions/chat/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-unit: $(VENV)/.installed $(SAM_VENV)/.installed
+unit: $(VENV)/.installed $(SAM_VENV)/.installed chromium
 	$(VENV)/bin/pytest
+
+## A headless Chromium for the browser tests: found, else installed (Playwright's download where it
+## can be reached, else Debian's package when root); if none can be had, those tests fail saying how to get one.
+chromium: $(VENV)/.installed
+	$(VENV)/bin/python -m tests.harness.browser ensure
 
 ## Performance figures (issue: benchmark command): one table, several runs each.
 bench: $(VENV)/.installed
@@ -43,4 +48,4 @@ load: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.loadtest
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .artifacts

@@ -93,12 +93,31 @@ def test_arbitrary_bytes_never_break_the_service(client: httpx.Client, body: byt
 def test_arbitrary_json_is_streamed_or_refused_exactly(client: httpx.Client, value: object) -> None:
     response = post(client, json.dumps(value).encode())
     assert_safe(response)
-    message = value.get("message") if isinstance(value, dict) else None
-    history = value.get("history") if isinstance(value, dict) else None
-    if not (isinstance(message, str) and message):
-        assert response.json() == INVALID
-    elif history is None:
+    expected = _expected_refusal(value)
+    if expected is None:
         assert_streamed(response)
+    else:
+        assert response.status_code == 400
+        assert response.json()["error"].startswith(expected)
+
+
+def _expected_refusal(value: object) -> str | None:
+    """The contract as an oracle: the start of the 400's message for `value`, None if it must stream."""
+    if not isinstance(value, dict) or not isinstance(value.get("message"), str) or not value["message"]:
+        return INVALID["error"]
+    history = value.get("history")
+    if history is None:
+        return None
+    if not isinstance(history, list):
+        return "history must be a list"
+    for index, turn in enumerate(history):
+        if not (
+            isinstance(turn, dict)
+            and turn.get("role") in ("user", "assistant", "system")
+            and isinstance(turn.get("content"), str)
+        ):
+            return f"history[{index}]"
+    return None
 
 
 @CHECKS
@@ -132,13 +151,11 @@ def test_malformed_history_is_a_400_saying_what_is_wrong(
 
 @CHECKS
 @given(message=TEXT, codec=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32"]))
-def test_a_valid_body_in_any_json_encoding_is_streamed_or_refused_cleanly(
-    client: httpx.Client, message: str, codec: str
-) -> None:
+def test_a_valid_body_in_any_json_encoding_is_streamed(client: httpx.Client, message: str, codec: str) -> None:
+    """JSON's own encodings (RFC 8259 §8.1 names UTF-8; Python's json detects UTF-16/32 and BOMs) all stream."""
     response = post(client, json.dumps({"message": message}, ensure_ascii=False).encode(codec))
     assert_safe(response)
-    if codec in ("utf-8", "utf-8-sig"):
-        assert_streamed(response)
+    assert_streamed(response)
 
 
 @pytest.mark.parametrize(
@@ -316,16 +333,18 @@ def test_cors_allows_only_the_configured_origin(cors_server: AppServer) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
-@pytest.mark.parametrize("origin", ["https://app.example", "https://evil.example"])
-def test_cors_preflight_answers_carry_security_headers(cors_server: AppServer, origin: str) -> None:
+@pytest.mark.parametrize(("origin", "status"), [("https://app.example", 200), ("https://evil.example", 400)])
+def test_cors_preflight_answers_carry_security_headers(cors_server: AppServer, origin: str, status: int) -> None:
     response = httpx.options(
         f"{cors_server.url}/api/chat/stream",
         headers={"origin": origin, "access-control-request-method": "POST"},
     )
     for name, value in SECURITY_HEADERS:
         assert response.headers.get(name.decode()) == value.decode()
-    if response.status_code >= 400:
+    assert response.status_code == status
+    if status == 400:  # the refusal, in the contract's shape
         assert response.headers["content-type"] == "application/json"
+        assert list(response.json()) == ["error"]
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/chat/stream"), ("GET", "/nope"), ("PUT", "/healthz")])

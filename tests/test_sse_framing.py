@@ -35,9 +35,15 @@ def test_contract_framing_examples(delta: str, wire: bytes) -> None:
     assert sse.message(delta) == wire
 
 
-def test_done_and_error_events_match_the_reference() -> None:
-    assert sse.DONE == b"event:message\ndata:[DONE]\n\n"
+def test_done_is_the_message_event_of_the_text_done() -> None:
+    """The contract: a `[DONE]` delta is indistinguishable from the end marker, as in the reference."""
+    assert sse.message("[DONE]") == sse.DONE
+    assert decode_sse(sse.DONE) == [("message", "[DONE]")]
+
+
+def test_error_events_are_framed_like_messages() -> None:
     assert sse.error("boom") == b"event:error\ndata:boom\n\n"
+    assert decode_sse(sse.error(" two\nlines")) == [("error", " two\nlines")]
 
 
 def test_lone_surrogate_becomes_replacement_character() -> None:

@@ -8,6 +8,8 @@ plays a stream cut off mid-answer, which the local app never sends.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import subprocess
 import sys
@@ -18,9 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from tests.harness.fake_openai import Delta, FakeOpenAI, Reset, Sleep, deltas
 from tests.harness.ports import free_port
@@ -192,13 +191,48 @@ def function_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, di
     httpd.server_close()
 
 
-def expected_signature(url: str, headers: dict[str, str], body: bytes, region: str) -> str:
-    """Recompute SigV4 over what arrived on the wire, as Lambda would."""
-    signed_names = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
-    request = AWSRequest(method="POST", url=url, data=body, headers={name: headers[name] for name in signed_names})
-    request.context["timestamp"] = headers["x-amz-date"]
-    auth = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY, SESSION_TOKEN), "lambda", region)
-    return str(auth.signature(auth.string_to_sign(request, auth.canonical_request(request)), request))
+def sigv4_signature(
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    signed: list[str],
+    body: bytes,
+    secret: str,
+    region: str,
+    service: str,
+) -> str:
+    """SigV4 written from AWS's specification, independent of botocore (which signs in tools/smoke.py).
+
+    Only what these requests use: no query string, a path that needs no escaping.
+    """
+    canonical_headers = "".join(f"{name}:{' '.join(headers[name].split())}\n" for name in signed)
+    canonical_request = "\n".join(
+        [method, path, "", canonical_headers, ";".join(signed), hashlib.sha256(body).hexdigest()]
+    )
+    amz_date = headers["x-amz-date"]
+    scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
+    string_to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
+    key = f"AWS4{secret}".encode()
+    for part in (amz_date[:8], region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [  # AWS's Signature Version 4 test suite: get-vanilla and post-vanilla
+        ("GET", "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"),
+        ("POST", "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"),
+    ],
+)
+def test_the_independent_sigv4_matches_aws_test_vectors(method: str, expected: str) -> None:
+    headers = {"host": "example.amazonaws.com", "x-amz-date": "20150830T123600Z"}
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    assert (
+        sigv4_signature(method, "/", headers, ["host", "x-amz-date"], b"", secret, "us-east-1", "service") == expected
+    )
 
 
 def test_iam_signs_for_lambda_in_the_region_of_the_function_url(
@@ -218,8 +252,11 @@ def test_iam_signs_for_lambda_in_the_region_of_the_function_url(
     assert headers["x-amz-security-token"] == SESSION_TOKEN
     assert len(headers["x-amz-date"]) == 16
     assert headers["x-amz-date"].endswith("Z")
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
     signature = authorization.split("Signature=")[1]
-    assert signature == expected_signature(path, headers, body, "eu-west-2")
+    assert signature == sigv4_signature(
+        "POST", "/api/chat/stream", headers, signed, body, SECRET_KEY, "eu-west-2", "lambda"
+    )
     assert SECRET_KEY not in output
 
 

@@ -23,7 +23,7 @@ class SecretUnavailable(Exception):
 class SecretSource:
     """One secret: a fixed value, or a Secrets Manager secret (bare string or JSON field)."""
 
-    def __init__(self, *, value: str = "", secret_id: str = "", json_field: str = "", ttl: int = 300) -> None:
+    def __init__(self, *, value: str = "", secret_id: str, json_field: str, ttl: int) -> None:
         self._value = value
         self._secret_id = secret_id
         self._json_field = json_field

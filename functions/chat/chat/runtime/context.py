@@ -52,19 +52,17 @@ class LambdaContext:
         tenant_id: str | None = None,
         client_context: ClientContext | None = None,
         identity: CognitoIdentity | None = None,
-        env: Mapping[str, str] | None = None,
     ) -> None:
-        env = os.environ if env is None else env
         self.aws_request_id = aws_request_id
         self.invoked_function_arn = invoked_function_arn
         self.tenant_id = tenant_id
         self.client_context = client_context
         self.identity = identity or CognitoIdentity()
-        self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME")
-        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION")
-        self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
-        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME")
-        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        self.function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+        self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION")
+        self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
+        self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
         self._deadline_ms = deadline_ms
 
     def get_remaining_time_in_millis(self) -> int:

@@ -67,8 +67,8 @@ class ResponseStream:
         except (ConnectionError, OSError, TimeoutError):
             self.gone.set()
 
-    async def finish(self, error_type: str | None = None, error: dict[str, object] | None = None) -> bytes:
-        """End the body (with error trailers if given) and return the Runtime API's status line.
+    async def finish(self, error_type: str | None, error: dict[str, object] | None) -> bytes:
+        """End the body (with Lambda's error trailers when `error_type` is given); the Runtime API's status line.
 
         Every wait here ends within FINISH_SECONDS and by the deadline: a peer
         that stopped reading must not hold the invocation past it.
@@ -79,7 +79,7 @@ class ResponseStream:
                 if not self.gone.is_set():
                     trailers = b""
                     if error_type is not None:
-                        encoded = base64.b64encode(json.dumps(error or {}).encode())
+                        encoded = base64.b64encode(json.dumps(error).encode())
                         trailers = b"%s: %s\r\n%s: %s\r\n" % (
                             ERROR_TYPE_TRAILER.encode(),
                             error_type.encode("latin-1", "replace"),

@@ -66,9 +66,10 @@ def test_mid_stream_failure_is_in_band_and_in_the_trailers(
     assert events[0] == ("message", "partial")
     assert events[-1][0] == "error"
     assert ("message", "[DONE]") not in events
+    # The app's stream_trailers (chat/stream_trailers.py) became Lambda's error trailers in the runtime.
     assert result.trailers["lambda-runtime-function-error-type"] == "Function.StreamError"
     detail = json.loads(base64.b64decode(result.trailers["lambda-runtime-function-error-body"]))
-    assert detail["errorMessage"] == events[-1][1]
+    assert detail == {"errorType": "connection", "errorMessage": events[-1][1], "stackTrace": []}
 
 
 def test_the_stream_ends_cleanly_before_the_deadline(

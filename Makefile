@@ -41,11 +41,11 @@ chromium: $(VENV)/.installed
 
 ## Performance figures (issue: benchmark command): one table, several runs each.
 bench: $(VENV)/.installed
-	$(VENV)/bin/python -m tools.bench
+	$(VENV)/bin/python -m tools.perf bench
 
 ## Full-size load and fault run: prints the load table and the fault table.
 load: $(VENV)/.installed
-	$(VENV)/bin/python -m tools.loadtest
+	$(VENV)/bin/python -m tools.perf load
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .artifacts

@@ -18,9 +18,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from chat.snapstart import forget_powertools_caches
+from tests.harness.app_process import AWS_TEST_ENV
 from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.sam_cli import build_package
-from tests.harness.support import AppServer, reset_powertools, settings_for
+from tests.harness.support import AppServer, settings_for
 
 
 @pytest.fixture(scope="session")
@@ -38,18 +40,12 @@ def server(fake: FakeOpenAI) -> Iterator[AppServer]:
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A fresh Secrets Manager (moto: AWS itself cannot run here), and empty Powertools caches."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_MAX_ATTEMPTS": "1",
-    }.items():
+    for name, value in {**AWS_TEST_ENV, "AWS_SESSION_TOKEN": "testing"}.items():
         monkeypatch.setenv(name, value)
-    reset_powertools()
+    forget_powertools_caches()
     with mock_aws():
         yield boto3.client("secretsmanager")
-    reset_powertools()
+    forget_powertools_caches()
 
 
 @pytest.fixture(scope="session")

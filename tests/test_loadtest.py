@@ -1,6 +1,6 @@
 """The load and fault harness at test size: every stream succeeds and every fault row passes.
 
-The full-size run (1000 streams of 50 chunks) is `make load`; this runs the same
+The full-size run (1000 streams of 50 chunks) is `make load` (`python -m tools.perf load`); this runs the same
 harness with 50 short streams and short timeouts. Secrets Manager is moto's
 server and a local endpoint answering ThrottlingException (AWS itself cannot run here).
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tools.loadtest import Options, Report, format_report, run
+from tools.perf.faults import Options
+from tools.perf.load import Report, format_report, run
 
 SMALL = Options(
     streams=50,

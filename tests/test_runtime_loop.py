@@ -14,8 +14,9 @@ import pytest
 
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, deltas
 from tests.harness.lambda_events import function_url_event, rest_event, split_streamed
+from tests.harness.processes import ChildProcess
 from tests.harness.runtime_api_double import RuntimeAPIDouble
-from tests.harness.runtime_process import ChildProcess, runtime_env
+from tests.harness.runtime_process import lambda_runtime, runtime_env
 from tests.harness.support import decode_sse, unique
 
 
@@ -33,7 +34,7 @@ def runtime(double: RuntimeAPIDouble, fake: FakeOpenAI) -> Iterator[ChildProcess
         CHAT_REST_STREAMING_ROUTES="POST /api/chat/stream",
         OPENAI_IDLE_TIMEOUT="5",
     )
-    with ChildProcess(env) as process:
+    with lambda_runtime(env) as process:
         yield process
 
 
@@ -158,7 +159,7 @@ def test_trace_id_and_request_id_reach_the_logs(
 
 def test_import_failure_is_reported_to_init_error(double: RuntimeAPIDouble, fake: FakeOpenAI) -> None:
     env = runtime_env(fake, AWS_LAMBDA_RUNTIME_API=double.address, _HANDLER="chat.missing_module.handler")
-    with ChildProcess(env) as process:
+    with lambda_runtime(env) as process:
         assert process.wait(30) == 1
     ((headers, body),) = double.init_errors
     assert headers["lambda-runtime-function-error-type"] == "Runtime.ImportModuleError"
@@ -167,7 +168,7 @@ def test_import_failure_is_reported_to_init_error(double: RuntimeAPIDouble, fake
 
 def test_snapstart_waits_for_restore_before_serving(double: RuntimeAPIDouble, fake: FakeOpenAI) -> None:
     env = runtime_env(fake, AWS_LAMBDA_RUNTIME_API=double.address, AWS_LAMBDA_INITIALIZATION_TYPE="snap-start")
-    with ChildProcess(env):
+    with lambda_runtime(env):
         result = double.invoke(function_url_event({"message": fake.script(unique(), deltas("restored"))}))
     assert decode_sse(split_streamed(result.body)[1])[0] == ("message", "restored")
     assert double.calls[:2] == ["GET /runtime/restore/next", "GET /runtime/invocation/next"]

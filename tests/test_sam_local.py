@@ -15,7 +15,8 @@ import pytest
 
 from tests.harness.fake_openai import FakeOpenAI, deltas
 from tests.harness.ports import free_port
-from tests.harness.runtime_process import ChildProcess, emulator, runtime_env, wait_for_port
+from tests.harness.processes import ChildProcess, wait_for_port
+from tests.harness.runtime_process import emulator, runtime_env
 from tests.harness.sam_cli import ROOT, sam_tool
 from tests.harness.support import decode_sse, unique
 
@@ -29,7 +30,7 @@ def local_api(fake: FakeOpenAI) -> Iterator[str]:
             str(ROOT / "tests" / "harness" / "sam_local_api.py"),
             str(ROOT / "template.yaml"),
         ]
-        with ChildProcess(dict(os.environ), [*command, str(port), invoke_url]) as sam:
+        with ChildProcess([*command, str(port), invoke_url], dict(os.environ)) as sam:
             wait_for_port(port, sam)
             yield f"http://127.0.0.1:{port}"
 

@@ -1,6 +1,6 @@
 """No fault lets the API key or the bearer token out: not in a response body, a header, or a log line.
 
-The service runs as its own process (tools/loadtest.ServiceProcess) with every logger
+The service runs as its own process (tests/harness/app_process.py) with every logger
 at DEBUG -- the Powertools logger (POWERTOOLS_LOG_LEVEL), the root logger, uvicorn,
 httpx and the openai SDK (OPENAI_LOG) -- and its stdout and stderr are captured
 whole. Secrets come from Secrets Manager, which is moto's server (AWS itself cannot
@@ -20,8 +20,9 @@ import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.harness.app_process import AWS_TEST_ENV, AppProcess, app_env
 from tests.harness.fake_openai import Delta, FakeOpenAI, Raw, Reply, Reset, Stall, Truncate, deltas, openai_error
-from tools.loadtest import AWS_TEST_ENV, ServiceProcess, free_ports
+from tests.harness.ports import free_ports
 
 ALPHABET = string.ascii_letters + string.digits
 KEY = "sk-proj-" + "".join(secrets.choice(ALPHABET) for _ in range(48))
@@ -96,21 +97,20 @@ class Run:
 
 
 def debug_env(fake: FakeOpenAI, endpoint: str) -> dict[str, str]:
-    return {
+    return app_env(
+        fake.base_url,
         **AWS_TEST_ENV,
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
-        "OPENAI_API_KEY": "",
-        "OPENAI_API_KEY_SECRET_ID": "leak/openai",
-        "CHAT_AUTH_TOKEN_SECRET_ID": "leak/token",
-        "OPENAI_BASE_URL": fake.base_url,
-        "OPENAI_MODEL": "fake-model",
-        "OPENAI_FIRST_TOKEN_TIMEOUT": "2",
-        "OPENAI_IDLE_TIMEOUT": "0.5",
-        "POWERTOOLS_LOG_LEVEL": "DEBUG",
-        "POWERTOOLS_METRICS_DISABLED": "false",
-        "OPENAI_LOG": "debug",
-        "PYTHONUNBUFFERED": "1",
-    }
+        AWS_ENDPOINT_URL_SECRETS_MANAGER=endpoint,
+        OPENAI_API_KEY="",
+        OPENAI_API_KEY_SECRET_ID="leak/openai",
+        CHAT_AUTH_TOKEN_SECRET_ID="leak/token",
+        OPENAI_FIRST_TOKEN_TIMEOUT="2",
+        OPENAI_IDLE_TIMEOUT="0.5",
+        POWERTOOLS_LOG_LEVEL="DEBUG",
+        POWERTOOLS_METRICS_DISABLED="false",
+        OPENAI_LOG="debug",
+        PYTHONUNBUFFERED="1",
+    )
 
 
 def ask(url: str, message: str, authorization: str | None) -> Outcome:
@@ -120,9 +120,8 @@ def ask(url: str, message: str, authorization: str | None) -> Outcome:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run() -> Iterator[Run]:
     """Every case once against a service logging at DEBUG; the outcomes and everything it logged."""
-    folder = tmp_path_factory.mktemp("leak")
     moto_port, closed_port = free_ports(2)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
@@ -140,17 +139,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     try:
         with FakeOpenAI() as fake:
             fake.api_keys = {KEY}
-            logs = [folder / "up.log", folder / "down.log"]
-            with logs[0].open("wb") as up_log, logs[1].open("wb") as down_log:
-                up = ServiceProcess(debug_env(fake, endpoint), log=up_log, debug_logs=True)
-                down = ServiceProcess(debug_env(fake, f"http://127.0.0.1:{closed_port}"), log=down_log, debug_logs=True)
-                with up, down:
-                    for number, case in enumerate(CASES):
-                        message = f"case-{number}"
-                        if case.steps is not None:
-                            fake.script(message, case.steps)  # type: ignore[arg-type]
-                        outcomes[case.name] = ask((down if case.down else up).url, message, case.authorization)
-            yield Run(outcomes, "\n".join(path.read_text(errors="replace") for path in logs))
+            up = AppProcess(debug_env(fake, endpoint), debug_logs=True)
+            down = AppProcess(debug_env(fake, f"http://127.0.0.1:{closed_port}"), debug_logs=True)
+            with up, down:
+                for number, case in enumerate(CASES):
+                    message = f"case-{number}"
+                    if case.steps is not None:
+                        fake.script(message, case.steps)  # type: ignore[arg-type]
+                    outcomes[case.name] = ask((down if case.down else up).url, message, case.authorization)
+            yield Run(outcomes, up.output + "\n" + down.output)
     finally:
         moto.stop()
 

@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from chat.snapstart import forget_powertools_caches
 from tests.harness.fake_openai import FakeOpenAI, deltas
 from tests.harness.ports import free_port
-from tests.harness.support import app_server, post_stream, reset_powertools, settings_for, unique
+from tests.harness.support import app_server, post_stream, settings_for, unique
 
 OLD_KEY = "sk-old-FAKE-ROTATED-KEY-ONE"
 NEW_KEY = "sk-new-FAKE-ROTATED-KEY-TWO"
@@ -103,12 +104,12 @@ def test_unreachable_secrets_manager_is_503(monkeypatch: pytest.MonkeyPatch, fak
         "AWS_ENDPOINT_URL_SECRETS_MANAGER": f"http://127.0.0.1:{free_port()}",
     }.items():
         monkeypatch.setenv(name, value)
-    reset_powertools()
+    forget_powertools_caches()
     try:
         with app_server(settings_for(fake, openai_api_key="", openai_api_key_secret_id="openai/key")) as server:
             result = post_stream(server.url, {"message": "hi"})
     finally:
-        reset_powertools()
+        forget_powertools_caches()
     assert result.status == 503
 
 

@@ -39,7 +39,7 @@ from chat import snapstart
     + CONTEXT_SOURCE
     + """
 snapstart.warm_imports()
-answer = chat.handler.handler(json.loads(sys.argv[1]), Context())
+answer = chat.handler.handler(json.loads(sys.argv[1]), context)
 assert answer["statusCode"] == 200 and "data:[DONE]" in answer["body"], answer
 # -X importtime misses modules imported through importlib (the warm-up above, anyio's backends);
 # sys.modules has those. object.__getattribute__ reads a lazy module's file without loading it.
@@ -79,10 +79,6 @@ def record(package_dir: Path, base_url: str) -> list[str]:
         if package_dir in path.parents and path.suffix in (".py", ".pyc"):
             modules.add(path.relative_to(package_dir).with_suffix("").as_posix())
     return sorted(module for module in modules if module.split("/")[0] != "chat")
-
-
-def committed() -> list[str]:
-    return [line for line in LIST.read_text().splitlines() if line and not line.startswith("#")]
 
 
 def main() -> None:

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import uvicorn
 
 from tests.harness.fake_openai import FakeOpenAI, demo_script
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY = "offline-demo"
 
 
@@ -50,7 +48,7 @@ def main() -> None:
         flush=True,
     )
     try:
-        uvicorn.run("chat.handler:app", host=host, port=port, app_dir=str(ROOT / "functions" / "chat"))
+        uvicorn.run("chat.handler:app", host=host, port=port)
     finally:
         if demo is not None:
             demo.stop()

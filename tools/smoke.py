@@ -34,6 +34,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError, ClientError
 from httpx_sse import EventSource
 
+from chat.secrets import secret_value
+
 ENDPOINT_PATH = "/api/chat/stream"
 FUNCTION_URL_HOST = re.compile(r"\.lambda-url\.([a-z0-9-]+)\.on\.aws$")
 DONE = "[DONE]"
@@ -69,18 +71,15 @@ def region_from(url: str) -> str | None:
 
 
 def token_from_secret(secret_id: str, region: str | None) -> str:
-    """The stack's auth-token secret holds JSON `{"token": ...}`; a bare value works too, as for the service."""
+    """The stack's auth-token secret, read by the service's own rules: JSON `{"token": ...}`, or a bare value."""
     try:
         value = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=secret_id)["SecretString"]
     except (BotoCoreError, ClientError) as error:
         raise SmokeFailure(f"could not read the token secret {secret_id}: {error}") from None
     try:
-        parsed = json.loads(value)
-    except ValueError:
-        return str(value).strip()
-    if isinstance(parsed, dict) and isinstance(parsed.get("token"), str):
-        return str(parsed["token"])
-    raise SmokeFailure(f"the token secret {secret_id} is JSON without a string field 'token'")
+        return secret_value(value, "token")
+    except ValueError as problem:
+        raise SmokeFailure(f"the token secret {secret_id} is {problem} (the service needs it too)") from None
 
 
 def sigv4_headers(url: str, body: bytes, headers: dict[str, str], region: str) -> dict[str, str]:

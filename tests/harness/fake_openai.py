@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tests.harness.threaded_server import ThreadedServer
+
 # ---------------------------------------------------------------- script steps
 
 
@@ -207,7 +209,7 @@ class _ClientGone(Exception):
     pass
 
 
-class FakeOpenAI:
+class FakeOpenAI(ThreadedServer):
     """The server. Use as a context manager, or `start()` / `stop()`."""
 
     def __init__(
@@ -219,12 +221,11 @@ class FakeOpenAI:
         delay: float = 0.0,
         report_usage: bool = True,
     ) -> None:
-        self.host = host
+        super().__init__(host, port)
         # Like OpenAI: a request asking for usage gets a usage chunk before `[DONE]`
         # (prompt_tokens as RequestRecord.prompt_tokens, one completion token per delta).
         # False plays an upstream that ignores the option.
         self.report_usage = report_usage
-        self.port = port
         self._default = default or (lambda message: deltas(*demo_answer(message)))
         self._delay = delay
         self._scripts: dict[str, Sequence[Step]] = {}
@@ -232,12 +233,6 @@ class FakeOpenAI:
         self.requests: list[RequestRecord] = []
         self.open_connections = 0
         self.connections_made = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-
-    # -- public API
 
     @property
     def base_url(self) -> str:
@@ -250,58 +245,6 @@ class FakeOpenAI:
 
     def requests_for(self, key: str) -> list[RequestRecord]:
         return [record for record in self.requests if record.last_message == key]
-
-    def start(self) -> FakeOpenAI:
-        self._thread = threading.Thread(target=self._run, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake OpenAI server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    async def _shutdown(self) -> None:
-        """Close the listener and every open connection, then stop the loop."""
-        if self._server is not None:
-            self._server.close()
-        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        asyncio.get_running_loop().stop()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- serving
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._server = loop.run_until_complete(
-            asyncio.start_server(self._connection, self.host, self.port, backlog=4096)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            self._server.close()
-            loop.close()
-
-    async def serve_forever(self) -> None:
-        """Serve on the current loop until cancelled (for the command line)."""
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        async with self._server:
-            await self._server.serve_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open_connections += 1
@@ -489,8 +432,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    server = FakeOpenAI(host=args.host, port=args.port, default=demo_script)
-    asyncio.run(server.serve_forever())
+    with FakeOpenAI(host=args.host, port=args.port, default=demo_script) as server:
+        print(f"serving {server.base_url}", flush=True)
+        threading.Event().wait()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from tests.harness.threaded_server import ThreadedServer
+
 PREFIX = "/2018-06-01"
 
 
@@ -46,38 +48,17 @@ class _Invocation:
     hang_up_after_chunks: int | None
 
 
-class RuntimeAPIDouble:
+class RuntimeAPIDouble(ThreadedServer):
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.calls: list[str] = []
         self.init_errors: list[tuple[dict[str, str], bytes]] = []
         self._results: dict[str, _Invocation] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Invocation] | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="runtime-api-double", daemon=True)
+        self._queue: asyncio.Queue[_Invocation] = asyncio.Queue()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> RuntimeAPIDouble:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("Runtime API double did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        self._thread.join(10)
-
-    async def _shutdown(self) -> None:
-        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        asyncio.get_running_loop().stop()
 
     def invoke(
         self,
@@ -99,9 +80,7 @@ class RuntimeAPIDouble:
             headers["Lambda-Runtime-Trace-Id"] = trace_id
         invocation = _Invocation(json.dumps(event).encode(), headers, Result(request_id), hang_up_after_chunks)
         self._results[request_id] = invocation
-        assert self._loop is not None
-        assert self._queue is not None
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, invocation)
+        self.call_soon(self._queue.put_nowait, invocation)
         if not invocation.result.done.wait(wait):
             raise TimeoutError(f"the runtime did not answer invocation {request_id}")
         return invocation.result
@@ -116,18 +95,7 @@ class RuntimeAPIDouble:
 
     # -- serving
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._queue = asyncio.Queue()
-        server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        loop.run_forever()
-        server.close()
-        loop.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while await self._one_request(reader, writer):
                 pass
@@ -145,7 +113,6 @@ class RuntimeAPIDouble:
         self.calls.append(f"{method} {path.removeprefix(PREFIX)}")
         route = path.removeprefix(PREFIX)
         if route == "/runtime/invocation/next":
-            assert self._queue is not None
             invocation = await self._queue.get()
             _respond(writer, 200, invocation.event, invocation.headers)
             return True

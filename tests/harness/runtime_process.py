@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.ports import free_port
+from tests.harness.processes import ROOT, ChildProcess, wait_for_port
 from tests.harness.sam_cli import python313, rie_binary
 from tests.harness.support import TEST_KEY
 
-FUNCTION_DIR = Path(__file__).resolve().parents[2] / "functions" / "chat"
+FUNCTION_DIR = ROOT / "functions" / "chat"
 WRAPPER = FUNCTION_DIR / "lambda-exec-wrapper"
 # What the managed runtime passes after the interpreter; the wrapper must ignore it.
 BOOTSTRAP = "/var/runtime/bootstrap.py"
@@ -52,53 +49,9 @@ def runtime_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
 RUNTIME_COMMAND = [str(WRAPPER), sys.executable, BOOTSTRAP]
 
 
-class ChildProcess:
-    """A child process (by default the runtime: wrapper + loop), its output kept for assertions."""
-
-    def __init__(self, env: dict[str, str], command: list[str] = RUNTIME_COMMAND, cwd: Path | None = None) -> None:
-        self.env = env
-        self.command = command
-        self.cwd = cwd
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__, read by `output`
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> ChildProcess:
-        self.process = subprocess.Popen(
-            self.command, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:  # SAM's Flask server may ignore SIGTERM
-            self.process.kill()
-            self.process.wait(5)
-        self._log.close()
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    @property
-    def output(self) -> str:
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-
-def wait_for_port(port: int, what: ChildProcess, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {port}:\n{what.output}") from None
-            time.sleep(0.05)
+def lambda_runtime(env: dict[str, str]) -> ChildProcess:
+    """The runtime (wrapper + loop) as Lambda starts it, its output kept for assertions."""
+    return ChildProcess(RUNTIME_COMMAND, env)
 
 
 def packaged_command(package: Path) -> list[str]:
@@ -120,6 +73,6 @@ def emulator(
         f"127.0.0.1:{free_port()}",
         *runtime,
     ]
-    with ChildProcess({"AWS_LAMBDA_FUNCTION_TIMEOUT": "30", **env}, command, cwd) as process:
+    with ChildProcess(command, {"AWS_LAMBDA_FUNCTION_TIMEOUT": "30", **env}, cwd=cwd) as process:
         wait_for_port(port, process)
         yield f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations", process

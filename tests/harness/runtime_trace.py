@@ -14,7 +14,7 @@ import time
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
 from tests.harness.lambda_events import function_url_event
 from tests.harness.runtime_api_double import RuntimeAPIDouble
-from tests.harness.runtime_process import ChildProcess, runtime_env
+from tests.harness.runtime_process import lambda_runtime, runtime_env
 
 INTERVAL = 0.25
 
@@ -25,7 +25,7 @@ def main() -> None:
         steps += [Delta(f"token{number} "), Sleep(INTERVAL)]
     with FakeOpenAI() as fake, RuntimeAPIDouble() as double:
         fake.script("trace", [*steps, Done()])
-        with ChildProcess(runtime_env(fake, AWS_LAMBDA_RUNTIME_API=double.address)):
+        with lambda_runtime(runtime_env(fake, AWS_LAMBDA_RUNTIME_API=double.address)):
             double.invoke(function_url_event({"message": "warm up"}))
             started = time.monotonic()
             result = double.invoke(function_url_event({"message": "trace"}))

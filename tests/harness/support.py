@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
-from aws_lambda_powertools.utilities import parameters
-from aws_lambda_powertools.utilities.parameters import base as parameters_base
 from fastapi import FastAPI
 from httpx_sse import EventSource
 
@@ -36,12 +34,6 @@ def settings_for(fake: FakeOpenAI, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
-
-
-def reset_powertools() -> None:
-    """Powertools caches secret values and boto3 clients per process; each test needs neither."""
-    parameters.clear_caches()  # type: ignore[no-untyped-call]
-    parameters_base.DEFAULT_PROVIDERS.clear()  # type: ignore[attr-defined]
 
 
 def unique(label: str = "script") -> str:

@@ -77,22 +77,32 @@ class SecretSource:
         return self._parse(raw)
 
     def _parse(self, raw: object) -> str:
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        text = text.strip()
-        if self._json_field and text.startswith("{"):
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = None
-            value = data.get(self._json_field) if isinstance(data, dict) else None
-            if not isinstance(value, str) or not value:
-                logger.error("secret has no usable field", secret_id=self._secret_id, field=self._json_field)
-                raise SecretUnavailable("A secret the service needs is malformed.")
-            return value
-        if not text:
-            logger.error("secret is empty", secret_id=self._secret_id)
-            raise SecretUnavailable("A secret the service needs is empty.")
-        return text
+        try:
+            return secret_value(raw, self._json_field)
+        except ValueError as problem:
+            logger.error(f"secret is {problem}", secret_id=self._secret_id, field=self._json_field)
+            raise SecretUnavailable(f"A secret the service needs is {problem}.") from None
+
+
+def secret_value(raw: object, json_field: str = "") -> str:
+    """What a stored secret holds: a JSON object's string `json_field`, else the whole text, stripped.
+
+    Raises ValueError saying "malformed" or "empty" (never the value). The smoke test
+    reads the auth-token secret with this too, so both agree on what the secret may hold.
+    """
+    text = (raw.decode() if isinstance(raw, bytes) else str(raw)).strip()
+    if json_field and text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        value = data.get(json_field) if isinstance(data, dict) else None
+        if not isinstance(value, str) or not value:
+            raise ValueError("malformed")
+        return value
+    if not text:
+        raise ValueError("empty")
+    return text
 
 
 def _aws_error_code(error: BaseException) -> str:

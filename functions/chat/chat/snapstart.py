@@ -26,11 +26,16 @@ def warm_imports() -> None:
 
 def refresh(upstream: Upstream) -> None:
     upstream.reset()
+    forget_powertools_caches()
+    random.seed()
+
+
+def forget_powertools_caches() -> None:
+    """Powertools' cached secret values and its boto3 clients (the tests' reset between cases, too)."""
     parameters = sys.modules.get("aws_lambda_powertools.utilities.parameters")
     if parameters is not None:
         parameters.clear_caches()
         importlib.import_module("aws_lambda_powertools.utilities.parameters.base").DEFAULT_PROVIDERS.clear()
-    random.seed()
 
 
 def register(upstream: Upstream) -> bool:

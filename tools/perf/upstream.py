@@ -1,8 +1,8 @@
-"""The benchmark's upstream: tests/harness/fake_openai.py in a process of its own, so its CPU is not the service's.
+"""The benchmark's upstream: tests/harness/fake_openai.py in a process of its own, so its CPU is not the app's.
 
-The message chooses the answer: `"relay:N"` streams N deltas as fast as it can
-write them, `"hold"` sends one delta then stays silent until the client leaves,
-anything else is a short two-delta answer. It prints its base URL, then serves
+`python -m tools.perf.upstream PORT`. The message chooses the answer: `"relay:N"`
+streams N deltas as fast as it can write them, `"hold"` sends one delta then stays
+silent until the client leaves, anything else is a short two-delta answer. It serves
 until its standard input closes (the benchmark exiting, however it exits).
 """
 
@@ -23,8 +23,7 @@ def bench_script(message: str) -> Sequence[Step]:
 
 
 def main() -> None:
-    with FakeOpenAI(default=bench_script) as server:
-        print(server.base_url, flush=True)
+    with FakeOpenAI(port=int(sys.argv[1]), default=bench_script):
         sys.stdin.read()
 
 

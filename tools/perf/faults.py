@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from tests.harness.app_process import AWS_TEST_ENV, KEY, AppProcess
 from tests.harness.fake_openai import (
     Delta,
     Done,
@@ -34,9 +35,25 @@ from tests.harness.fake_openai import (
     deltas,
     openai_error,
 )
-from tools.loadtest.client import STREAM_PATH, Seen, ask, post
-from tools.loadtest.options import MiB, Options
-from tools.loadtest.service import LOAD_KEY, ServiceProcess
+from tools.perf.client import STREAM_PATH, Seen, ask, http_client, post
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Options:
+    """Sizes and timeouts of one load run, set on the command line; the defaults are the full-size run."""
+
+    streams: int = 1000
+    chunks: int = 50
+    chunk_interval: float = 0.02
+    rounds: int = 2
+    first_token_timeout: float = 10.0
+    idle_timeout: float = 3.0
+    drip_interval: float = 1.0
+    storm: int = 200
+    disconnects: int = 100
+    big_delta_bytes: int = MiB
 
 
 @dataclass
@@ -47,7 +64,7 @@ class FaultRow:
     passed: bool
 
 
-Fault = Callable[[httpx.AsyncClient, ServiceProcess, FakeOpenAI, Options], Awaitable[FaultRow]]
+Fault = Callable[[httpx.AsyncClient, AppProcess, FakeOpenAI, Options], Awaitable[FaultRow]]
 
 
 def _key(label: str) -> str:
@@ -69,7 +86,7 @@ def _json_error(seen: Seen, status: int) -> bool:
 
 
 async def stall_before_headers(
-    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
 ) -> FaultRow:
     key = fake.script(_key("stall-headers"), [HeaderDelay(options.first_token_timeout + 30)])
     started = time.perf_counter()
@@ -80,7 +97,7 @@ async def stall_before_headers(
 
 
 async def stall_before_first_token(
-    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
 ) -> FaultRow:
     key = fake.script(_key("stall-first"), [Raw(b": waiting\n\n"), Stall()])
     started = time.perf_counter()
@@ -91,7 +108,7 @@ async def stall_before_first_token(
 
 
 async def stall_mid_stream(
-    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
 ) -> FaultRow:
     key = fake.script(_key("stall-mid"), [Delta("partial"), Stall()])
     started = time.perf_counter()
@@ -101,25 +118,23 @@ async def stall_mid_stream(
     return FaultRow("stall mid-stream", "event:error, no [DONE]", f"{seen.describe()} after {took:.1f} s", ok)
 
 
-async def reset(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+async def reset(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
     seen = await post(client, service.url, fake.script(_key("reset"), [Delta("partial"), Reset()]))
     return FaultRow("connection reset", "event:error, no [DONE]", seen.describe(), _ended_with_error(seen, ["partial"]))
 
 
-async def truncated(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+async def truncated(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
     seen = await post(client, service.url, fake.script(_key("truncate"), [Delta("partial"), Truncate()]))
     return FaultRow("truncated body", "event:error, no [DONE]", seen.describe(), _ended_with_error(seen, ["partial"]))
 
 
-async def stream_error(
-    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
-) -> FaultRow:
+async def stream_error(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
     error = Raw(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
     seen = await post(client, service.url, fake.script(_key("stream-error"), [Delta("partial"), error]))
     return FaultRow("error object mid-stream", "event:error", seen.describe(), _ended_with_error(seen, ["partial"]))
 
 
-async def html_502(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+async def html_502(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
     page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
     seen = await post(client, service.url, fake.script(_key("html"), [Reply(502, page, "text/html")]))
     ok = _json_error(seen, 502) and "<" not in (seen.error or "<")
@@ -127,7 +142,7 @@ async def html_502(client: httpx.AsyncClient, service: ServiceProcess, fake: Fak
 
 
 async def rate_limit_storm(
-    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
 ) -> FaultRow:
     body = openai_error(429, "Rate limit reached for requests", "requests").body
     key = fake.script(_key("storm"), [Reply(429, body, headers=(("retry-after", "7"),))])
@@ -143,7 +158,7 @@ async def rate_limit_storm(
     )
 
 
-async def slow_drip(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+async def slow_drip(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
     event = b'data:{"choices":[{"delta":{"content":"drip"}}]}\n\n'
     steps: list[Step] = [Delta("before")]
     for byte in event:
@@ -168,7 +183,7 @@ def big_text(size: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(size))
 
 
-async def big_delta(client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+async def big_delta(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
     text = big_text(options.big_delta_bytes)
     seen = await post(client, service.url, fake.script(_key("big"), deltas(text)))
     ok = seen.status == 200 and seen.messages == [text, "[DONE]"]
@@ -178,7 +193,7 @@ async def big_delta(client: httpx.AsyncClient, service: ServiceProcess, fake: Fa
     )
 
 
-async def _disconnect_once(service: ServiceProcess, fake: FakeOpenAI, rng: random.Random) -> tuple[str, float | None]:
+async def _disconnect_once(service: AppProcess, fake: FakeOpenAI, rng: random.Random) -> tuple[str, float | None]:
     """One client that leaves at a random point; returns (where, upstream close lag or None if never opened)."""
     where = rng.choice(["before upstream headers", "mid-stream", "during a stall"])
     script: list[Step]
@@ -222,7 +237,7 @@ async def _disconnect_once(service: ServiceProcess, fake: FakeOpenAI, rng: rando
 
 
 async def client_disconnects(
-    client: httpx.AsyncClient, service: ServiceProcess, fake: FakeOpenAI, options: Options
+    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
 ) -> FaultRow:
     rng = random.Random(11)
     results = await asyncio.gather(*(_disconnect_once(service, fake, rng) for _ in range(options.disconnects)))
@@ -270,12 +285,6 @@ def throttling_endpoint(port: int) -> Iterator[None]:
 
 
 STORED_KEY_NAME = "loadtest/openai-key"
-AWS_TEST_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_MAX_ATTEMPTS": "1",
-}
 
 
 def secrets_manager_env(endpoint_port: int) -> dict[str, str]:
@@ -289,9 +298,7 @@ def secrets_manager_env(endpoint_port: int) -> dict[str, str]:
     }
 
 
-def secrets_manager_rows(
-    fake: FakeOpenAI, options: Options, service: ServiceProcess, endpoint_port: int
-) -> list[FaultRow]:
+def secrets_manager_rows(fake: FakeOpenAI, options: Options, service: AppProcess, endpoint_port: int) -> list[FaultRow]:
     """Down (closed port), then throttling, then moto on the same port: 503s, then recovery in the same process."""
     import logging
 
@@ -301,10 +308,9 @@ def secrets_manager_rows(
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     key = fake.script(_key("secret"), deltas("recovered"))
-    pid = service.state()["pid"]
 
     def ask_once() -> Seen:
-        return asyncio.run(ask(service, key))
+        return asyncio.run(ask(service.url, key))
 
     rows = []
     down = ask_once()
@@ -329,11 +335,11 @@ def secrets_manager_rows(
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
-        ).create_secret(Name=STORED_KEY_NAME, SecretString=LOAD_KEY)
+        ).create_secret(Name=STORED_KEY_NAME, SecretString=KEY)
         back = ask_once()
     finally:
         moto.stop()
-    same = service.state()["pid"] == pid
+    same = service.probe()["pid"] == service.pid
     ok = back.status == 200 and back.messages == ["recovered", "[DONE]"] and same
     rows.append(
         FaultRow(
@@ -341,3 +347,27 @@ def secrets_manager_rows(
         )
     )
     return rows
+
+
+# Busy faults run first, together; then the timing-sensitive disconnects beside the idle waits,
+# so the harness's own CPU use (a 1 MiB decode, a 429 storm) cannot delay a client's close.
+BUSY_FAULTS: tuple[Fault, ...] = (reset, truncated, stream_error, html_502, rate_limit_storm, big_delta)
+WAITING_FAULTS: tuple[Fault, ...] = (
+    stall_before_headers,
+    stall_before_first_token,
+    stall_mid_stream,
+    slow_drip,
+    client_disconnects,
+)
+
+
+async def run_all(
+    main: AppProcess, secret: AppProcess, fake: FakeOpenAI, options: Options, endpoint_port: int
+) -> list[FaultRow]:
+    """Every fault case, one row each; the Secrets Manager rows ask `secret`, the rest `main`."""
+    async with http_client() as client:
+        busy = asyncio.gather(*(fault(client, main, fake, options) for fault in BUSY_FAULTS))
+        secret_rows = asyncio.to_thread(secrets_manager_rows, fake, options, secret, endpoint_port)
+        first, more = await asyncio.gather(busy, secret_rows)
+        waiting = await asyncio.gather(*(fault(client, main, fake, options) for fault in WAITING_FAULTS))
+    return [*first, *waiting, *more]

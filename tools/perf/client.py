@@ -1,8 +1,4 @@
-"""The harness's client side: post a chat message to the service and record what came back.
-
-Every load stream and fault case reads its answer the same way, as a standard SSE
-client would, so the tables compare like with like.
-"""
+"""The harness's client side: one HTTP client shape, and a chat request read as a standard SSE client would."""
 
 from __future__ import annotations
 
@@ -13,9 +9,17 @@ from dataclasses import dataclass, field
 import httpx
 from httpx_sse import EventSource
 
-from tools.loadtest.service import ServiceProcess
-
 STREAM_PATH = "/api/chat/stream"
+
+
+class PerfError(RuntimeError):
+    """The harness could not take a measurement (a process failed, an answer was wrong)."""
+
+
+def http_client() -> httpx.AsyncClient:
+    """No pool limits (a run opens a thousand streams at once), and timeouts only a hung run would reach."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
 
 
 @dataclass
@@ -67,12 +71,7 @@ async def post(client: httpx.AsyncClient, base_url: str, message: str) -> Seen:
     return seen
 
 
-def http_client() -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
-
-
-async def ask(service: ServiceProcess, message: str) -> Seen:
+async def ask(base_url: str, message: str) -> Seen:
     """One message on a client of its own."""
     async with http_client() as client:
-        return await post(client, service.url, message)
+        return await post(client, base_url, message)

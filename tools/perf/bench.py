@@ -1,8 +1,8 @@
-"""`make bench`: the service's performance figures, as one Markdown table.
+"""`make bench` (`python -m tools.perf bench`): the service's performance figures, as one Markdown table.
 
 Every figure is the median of `--runs` runs, with the min-max beside it; the added
 time to first event is a difference taken within one run (upstream alone and through
-the app, interleaved). `--baseline` measures an idiomatic relay (tools/bench_baseline.py)
+the app, interleaved). `--baseline` measures an idiomatic relay (tools/perf/baseline.py)
 with the same harness, in a second column: the "before" of the optimisations.
 """
 
@@ -13,8 +13,9 @@ import statistics
 import sys
 from dataclasses import dataclass
 
-from tools import bench_cold, bench_stream
-from tools.bench_stream import Placement, Sizes
+from tools.perf import cold, stream
+from tools.perf.stream import Placement, Sizes
+from tools.perf.table import markdown_table
 
 FULL = Sizes(
     single_requests=100, concurrency=200, concurrent_rounds=4, relay_streams=8, relay_events=5000, held_streams=1000
@@ -67,22 +68,22 @@ def _progress(text: str) -> None:
 
 
 def measure_cold_start(
-    packages: dict[str, bench_cold.Package], runs: int, results: dict[str, Figures], placement: Placement
+    packages: dict[str, cold.Package], runs: int, results: dict[str, Figures], placement: Placement
 ) -> None:
     """Cold-start figures of each package, interleaved run by run, on the app's core."""
-    dirs = {name: bench_cold.built(package) for name, package in packages.items()}
+    dirs = {name: cold.built(package) for name, package in packages.items()}
     core = placement[0] if placement is not None else None
-    with bench_stream.upstream(placement[1] if placement is not None else None) as base_url:
+    with stream.upstream(placement[1] if placement is not None else None) as base_url:
         for name, package in packages.items():
-            bench_cold.first_answer_ms(package, dirs[name], base_url, core)  # warm the page cache
-            results[name]["zip_mb"] = [bench_cold.zipped_mb(dirs[name])]
+            cold.first_answer_ms(package, dirs[name], base_url, core)  # warm the page cache
+            results[name]["zip_mb"] = [cold.zipped_mb(dirs[name])]
         for _ in range(runs):
             for name, package in packages.items():
                 _collect(
                     results[name],
                     {
-                        "import_ms": bench_cold.import_ms(package, dirs[name], core),
-                        "first_answer_ms": bench_cold.first_answer_ms(package, dirs[name], base_url, core),
+                        "import_ms": cold.import_ms(package, dirs[name], core),
+                        "first_answer_ms": cold.first_answer_ms(package, dirs[name], base_url, core),
                     },
                 )
 
@@ -97,7 +98,7 @@ def _figure(values: list[float], digits: int) -> str:
 def table(rows: list[Row], results: dict[str, Figures]) -> str:
     names = list(results)
     head = ["Measure", *(f"{name}: median (min{DASH}max)" for name in names), "Target", "Met"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for row in rows:
         cells = [row.label, *(_figure(results[name][row.key], row.digits) for name in names)]
         if row.target is None:
@@ -105,31 +106,32 @@ def table(rows: list[Row], results: dict[str, Figures]) -> str:
         else:
             met = statistics.median(results["service"][row.key]) <= row.target
             cells += [f"≤ {row.target:g}", "yes" if met else "**no**"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(cells)
+    return markdown_table(head, lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (default 5)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, not the service")
     parser.add_argument("--skip-cold-start", action="store_true", help="no package build, no cold-start figures")
     parser.add_argument("--baseline", action="store_true", help="also measure the idiomatic relay, in a column")
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
     if args.runs < 1:
-        parser.error("--runs must be at least 1")
+        raise SystemExit("--runs must be at least 1")
     sizes = QUICK if args.quick else FULL
-    apps = {"service": bench_stream.SERVICE}
-    packages = {"service": bench_cold.SERVICE_PACKAGE}
+    apps = {"service": stream.SERVICE}
+    packages = {"service": cold.SERVICE_PACKAGE}
     if args.baseline:
-        apps["idiomatic relay"] = bench_stream.BASELINE
-        packages["idiomatic relay"] = bench_cold.BASELINE_PACKAGE
+        apps["idiomatic relay"] = stream.BASELINE
+        packages["idiomatic relay"] = cold.BASELINE_PACKAGE
     results: dict[str, Figures] = {name: {} for name in apps}
-    placement = bench_stream.cores()
+    placement = stream.cores()
     for run in range(args.runs):
         for name, app in apps.items():
             _progress(f"run {run + 1}/{args.runs}: streaming, {name}")
-            _collect(results[name], bench_stream.measure(app, sizes, placement))
+            _collect(results[name], stream.measure(app, sizes, placement))
     if not args.skip_cold_start:
         _progress("cold start")
         measure_cold_start(packages, args.runs, results, placement)
@@ -140,7 +142,4 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{args.runs} run(s){', quick sizes' if args.quick else ''}; {where}.\n")
     print(table(rows(sizes, not args.skip_cold_start), results))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

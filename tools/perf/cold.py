@@ -1,4 +1,4 @@
-"""The cold-start figures of `make bench`: handler import time, process start to first answer, zip size.
+"""The cold-start figures of the benchmark: handler import time, process start to first answer, zip size.
 
 They are taken from the package as Lambda gets it, built by functions/chat/build_package.py
 for x86_64 (the arm64 package's twin, so it imports here) with python3.13, Lambda's
@@ -22,11 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness.app_process import app_env
 from tests.harness.lambda_events import CONTEXT_SOURCE, rest_event
-from tools.bench_stream import ROOT, BenchError, app_env
+from tests.harness.processes import ROOT
 from tools.lambda_python import python313
+from tools.perf.client import PerfError
+from tools.perf.stream import BENCH_ENV
 
 FUNCTION = ROOT / "functions" / "chat"
+BASELINE_SOURCE = ROOT / "tools" / "perf" / "baseline.py"
 CACHE = ROOT / ".bench-cache"
 ARCH = "x86_64"
 
@@ -34,7 +38,7 @@ ARCH = "x86_64"
 def _run_build(command: list[str], name: str) -> None:
     result = subprocess.run(command, cwd=FUNCTION, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise BenchError(f"building the {name} package failed:\n{result.stdout}{result.stderr}")
+        raise PerfError(f"building the {name} package failed:\n{result.stdout}{result.stderr}")
 
 
 def _build_service(target: Path) -> None:
@@ -47,7 +51,7 @@ def _build_baseline(target: Path) -> None:
         f"import build_package, pathlib; build_package.install_dependencies(pathlib.Path({str(target)!r}), {ARCH!r})"
     )
     _run_build([str(python313()), "-c", script, str(target), ARCH], "baseline")
-    shutil.copy2(ROOT / "tools" / "bench_baseline.py", target)
+    shutil.copy2(BASELINE_SOURCE, target / "bench_baseline.py")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ SERVICE_PACKAGE = Package(
     _build_service,
 )
 BASELINE_PACKAGE = Package(
-    "baseline", "bench_baseline", (FUNCTION / "requirements.txt", ROOT / "tools" / "bench_baseline.py"), _build_baseline
+    "baseline", "bench_baseline", (FUNCTION / "requirements.txt", BASELINE_SOURCE), _build_baseline
 )
 
 
@@ -105,7 +109,7 @@ def built(package: Package) -> Path:
 def _env(package_dir: Path, base_url: str) -> dict[str, str]:
     """What the function sees on Lambda, roughly: the package first on the path, no bytecode written."""
     return {
-        **app_env(base_url),
+        **app_env(base_url, **BENCH_ENV),
         "PYTHONPATH": str(package_dir),
         "LAMBDA_TASK_ROOT": str(package_dir),
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -129,19 +133,11 @@ def import_ms(package: Package, package_dir: Path, core: set[int] | None) -> flo
         fields = [field.strip() for field in line.removeprefix("import time:").split("|")]
         if len(fields) == 3 and fields[2] == package.module:
             return int(fields[1]) / 1000
-    raise BenchError(f"no import time for {package.module}:\n{stderr[-2000:]}")
+    raise PerfError(f"no import time for {package.module}:\n{stderr[-2000:]}")
 
 
-FIRST_ANSWER = (
-    """
-import json, sys
-from {module} import handler
-"""
-    + CONTEXT_SOURCE
-    + """
-print(json.dumps(handler(json.loads(sys.argv[1]), Context())), flush=True)
-"""
-)
+FIRST_ANSWER = "import json, sys\nfrom {module} import handler\n{context}\n"
+FIRST_ANSWER += "print(json.dumps(handler(json.loads(sys.argv[1]), context)), flush=True)\n"
 
 
 def first_answer_ms(package: Package, package_dir: Path, base_url: str, core: set[int] | None) -> float:
@@ -149,7 +145,7 @@ def first_answer_ms(package: Package, package_dir: Path, base_url: str, core: se
     command = [
         str(python313()),
         "-c",
-        FIRST_ANSWER.format(module=package.module),
+        FIRST_ANSWER.format(module=package.module, context=CONTEXT_SOURCE),
         json.dumps(rest_event({"message": "hi"})),
     ]
     started = time.perf_counter()
@@ -165,9 +161,9 @@ def first_answer_ms(package: Package, package_dir: Path, base_url: str, core: se
     try:
         response = json.loads(line)
     except ValueError:
-        raise BenchError(f"the {package.name} handler gave no answer:\n{stderr.decode()[-2000:]}") from None
+        raise PerfError(f"the {package.name} handler gave no answer:\n{stderr.decode()[-2000:]}") from None
     if response.get("statusCode") != 200 or "data:[DONE]" not in response.get("body", ""):
-        raise BenchError(f"the {package.name} handler answered {str(response)[:500]}")
+        raise PerfError(f"the {package.name} handler answered {str(response)[:500]}")
     return elapsed
 
 

@@ -1,0 +1,214 @@
+"""`make load` (`python -m tools.perf load`): many concurrent streams through the app, then every fault case.
+
+The app runs in its own process (tests/harness/app_process.py); the upstream is
+tests/harness/fake_openai.py in this one, which records every request and when its
+client went away, so a round can check that nothing stays open after it. The full-size
+run is the default; tests/test_loadtest.py calls `run(Options(...))` with small sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+from tests.harness.app_process import AppProcess, app_env
+from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
+from tests.harness.ports import free_ports
+from tools.perf import faults
+from tools.perf.client import ask, http_client, post
+from tools.perf.faults import FaultRow, Options
+from tools.perf.table import markdown_table
+
+# The openai SDK's connection pool keeps at most this many idle upstream connections.
+SDK_KEEPALIVE_CONNECTIONS = 100
+
+
+@dataclass
+class LoadRow:
+    round: int
+    streams: int
+    chunks: int
+    errors: int
+    peak_in_flight: int
+    seconds: float
+    ttfb_p50_ms: float
+    ttfb_p99_ms: float
+    rss_before_mib: float
+    peak_rss_mib: float
+    rss_after_mib: float
+    kib_per_stream: float
+    service_cpu_s: float
+    upstream_in_flight_after: int
+    upstream_idle_open_after: int
+    leftover_tasks: int
+    first_error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.errors == 0
+            and self.upstream_in_flight_after == 0
+            and self.upstream_idle_open_after <= SDK_KEEPALIVE_CONNECTIONS
+            and self.leftover_tasks <= 0
+        )
+
+
+def load_script(chunks: int, interval: float) -> Callable[[str], Sequence[Step]]:
+    def script(message: str) -> list[Step]:
+        steps: list[Step] = []
+        for index in range(chunks):
+            steps.append(Delta(f" tok{index}"))
+            if interval:
+                steps.append(Sleep(interval))
+        steps.append(Done())
+        return steps
+
+    return script
+
+
+def _in_flight(fake: FakeOpenAI) -> int:
+    return sum(1 for record in fake.requests if record.finished is None)
+
+
+async def _settle(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def load_round(number: int, service: AppProcess, fake: FakeOpenAI, options: Options) -> LoadRow:
+    expected = [f" tok{index}" for index in range(options.chunks)] + ["[DONE]"]
+    before = await asyncio.to_thread(service.state)
+    peak = 0
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _in_flight(fake))
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.ensure_future(sample())
+    started = time.perf_counter()
+    async with http_client() as client:
+        seen = await asyncio.gather(*(post(client, service.url, f"load {i}") for i in range(options.streams)))
+    seconds = time.perf_counter() - started
+    stop.set()
+    await sampler
+    bad = [s for s in seen if s.status != 200 or s.messages != expected]
+    await _settle(lambda: _in_flight(fake) == 0, 5)
+    after = await asyncio.to_thread(service.state)
+    deadline = time.monotonic() + 5
+    while after.tasks > before.tasks and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        after = await asyncio.to_thread(service.state)
+    ttfb = sorted(s.first_event for s in seen if s.first_event is not None)
+    cuts = statistics.quantiles(ttfb, n=100) if len(ttfb) > 1 else ttfb * 99
+    return LoadRow(
+        round=number,
+        streams=options.streams,
+        chunks=options.chunks,
+        errors=len(bad),
+        peak_in_flight=peak,
+        seconds=seconds,
+        ttfb_p50_ms=statistics.median(ttfb) * 1000 if ttfb else float("nan"),
+        ttfb_p99_ms=cuts[98] * 1000 if cuts else float("nan"),
+        rss_before_mib=before.rss_kib / 1024,
+        peak_rss_mib=after.peak_rss_kib / 1024,
+        rss_after_mib=after.rss_kib / 1024,
+        kib_per_stream=(after.peak_rss_kib - before.rss_kib) / max(peak, 1),
+        service_cpu_s=after.cpu_seconds - before.cpu_seconds,
+        upstream_in_flight_after=_in_flight(fake),
+        upstream_idle_open_after=fake.open_connections,
+        leftover_tasks=after.tasks - before.tasks,
+        first_error=bad[0].describe() if bad else "",
+    )
+
+
+@dataclass
+class Report:
+    options: Options
+    load: list[LoadRow]
+    faults: list[FaultRow]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.load) and all(row.passed for row in self.faults)
+
+
+def run(options: Options) -> Report:
+    """The load rounds, then the fault cases; the app whose key is in Secrets Manager runs beside the main one."""
+    with FakeOpenAI(default=load_script(options.chunks, options.chunk_interval)) as fake:
+        timeouts = {
+            "OPENAI_FIRST_TOKEN_TIMEOUT": str(options.first_token_timeout),
+            "OPENAI_IDLE_TIMEOUT": str(options.idle_timeout),
+        }
+        main_port, secret_port, endpoint_port = free_ports(3)
+        secret_env = app_env(fake.base_url, **timeouts, **faults.secrets_manager_env(endpoint_port))
+        with (
+            AppProcess(app_env(fake.base_url, **timeouts), port=main_port) as main,
+            AppProcess(secret_env, port=secret_port) as secret,
+        ):
+            asyncio.run(ask(main.url, "warm-up"))  # the first request imports the SDK: not a load figure
+            load = [asyncio.run(load_round(n + 1, main, fake, options)) for n in range(options.rounds)]
+            fault_rows = asyncio.run(faults.run_all(main, secret, fake, options, endpoint_port))
+    return Report(options, load, fault_rows)
+
+
+def format_report(report: Report) -> str:
+    headers = "round|streams x chunks|errors|peak concurrent|wall s|TTFB p50 ms|TTFB p99 ms|service CPU s|"
+    headers += "RSS before MiB|peak RSS MiB|RSS after MiB|KiB/stream|upstream in flight after|idle upstream conns|"
+    headers += "leftover tasks|pass"
+    rows = [
+        [
+            str(r.round),
+            f"{r.streams} x {r.chunks}",
+            str(r.errors),
+            str(r.peak_in_flight),
+            f"{r.seconds:.1f}",
+            f"{r.ttfb_p50_ms:.0f}",
+            f"{r.ttfb_p99_ms:.0f}",
+            f"{r.service_cpu_s:.1f}",
+            f"{r.rss_before_mib:.1f}",
+            f"{r.peak_rss_mib:.1f}",
+            f"{r.rss_after_mib:.1f}",
+            f"{r.kib_per_stream:.1f}",
+            str(r.upstream_in_flight_after),
+            str(r.upstream_idle_open_after),
+            str(r.leftover_tasks),
+            "PASS" if r.passed else "FAIL",
+        ]
+        for r in report.load
+    ]
+    errors = [f"first error in round {r.round}: {r.first_error}" for r in report.load if r.first_error]
+    fault_rows = [[f.case, f.expected, f.saw, "PASS" if f.passed else "FAIL"] for f in report.faults]
+    options = ", ".join(f"{f.name}={getattr(report.options, f.name)}" for f in fields(report.options))
+    return "\n".join(
+        [
+            "Options: " + options,
+            "",
+            "Load",
+            markdown_table(headers.split("|"), rows),
+            *errors,
+            "",
+            "Faults",
+            markdown_table(["fault", "expected", "client saw", "pass"], fault_rows),
+        ]
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Options()
+    for option in fields(Options):
+        default = getattr(defaults, option.name)
+        parser.add_argument(f"--{option.name.replace('_', '-')}", type=type(default), default=default)
+
+
+def command(args: argparse.Namespace) -> int:
+    report = run(Options(**{option.name: getattr(args, option.name) for option in fields(Options)}))
+    print(format_report(report), flush=True)
+    return 0 if report.passed else 1

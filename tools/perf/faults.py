@@ -64,7 +64,23 @@ class FaultRow:
     passed: bool
 
 
-Fault = Callable[[httpx.AsyncClient, AppProcess, FakeOpenAI, Options], Awaitable[FaultRow]]
+@dataclass
+class Case:
+    """What a fault case works with: the harness's client, the app, the fake upstream and the run's options."""
+
+    client: httpx.AsyncClient
+    service: AppProcess
+    fake: FakeOpenAI
+    options: Options
+
+    async def ask(self, label: str, steps: Sequence[Step]) -> tuple[Seen, float]:
+        """Script the upstream for one request, send it through the app; what came back, and after how long."""
+        started = time.perf_counter()
+        seen = await post(self.client, self.service.url, self.fake.script(_key(label), steps))
+        return seen, time.perf_counter() - started
+
+
+Fault = Callable[[Case], Awaitable[FaultRow]]
 
 
 def _key(label: str) -> str:
@@ -85,91 +101,65 @@ def _json_error(seen: Seen, status: int) -> bool:
     return seen.status == status and bool(seen.error) and seen.headers.get("content-type") == "application/json"
 
 
-async def stall_before_headers(
-    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
-) -> FaultRow:
-    key = fake.script(_key("stall-headers"), [HeaderDelay(options.first_token_timeout + 30)])
-    started = time.perf_counter()
-    seen = await post(client, service.url, key)
-    took = time.perf_counter() - started
-    ok = _json_error(seen, 504) and took < options.first_token_timeout + 2
+async def stall_before_headers(case: Case) -> FaultRow:
+    seen, took = await case.ask("stall-headers", [HeaderDelay(case.options.first_token_timeout + 30)])
+    ok = _json_error(seen, 504) and took < case.options.first_token_timeout + 2
     return FaultRow("stall before headers", "504 JSON", f"{seen.describe()} after {took:.1f} s", ok)
 
 
-async def stall_before_first_token(
-    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
-) -> FaultRow:
-    key = fake.script(_key("stall-first"), [Raw(b": waiting\n\n"), Stall()])
-    started = time.perf_counter()
-    seen = await post(client, service.url, key)
-    took = time.perf_counter() - started
-    ok = _ended_with_error(seen) and took < options.first_token_timeout + 2
+async def stall_before_first_token(case: Case) -> FaultRow:
+    seen, took = await case.ask("stall-first", [Raw(b": waiting\n\n"), Stall()])
+    ok = _ended_with_error(seen) and took < case.options.first_token_timeout + 2
     return FaultRow("stall after headers, no token", "event:error", f"{seen.describe()} after {took:.1f} s", ok)
 
 
-async def stall_mid_stream(
-    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
-) -> FaultRow:
-    key = fake.script(_key("stall-mid"), [Delta("partial"), Stall()])
-    started = time.perf_counter()
-    seen = await post(client, service.url, key)
-    took = time.perf_counter() - started
-    ok = _ended_with_error(seen, ["partial"]) and took < options.idle_timeout + 2
+async def stall_mid_stream(case: Case) -> FaultRow:
+    seen, took = await case.ask("stall-mid", [Delta("partial"), Stall()])
+    ok = _ended_with_error(seen, ["partial"]) and took < case.options.idle_timeout + 2
     return FaultRow("stall mid-stream", "event:error, no [DONE]", f"{seen.describe()} after {took:.1f} s", ok)
 
 
-async def reset(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
-    seen = await post(client, service.url, fake.script(_key("reset"), [Delta("partial"), Reset()]))
+async def reset(case: Case) -> FaultRow:
+    seen, _ = await case.ask("reset", [Delta("partial"), Reset()])
     return FaultRow("connection reset", "event:error, no [DONE]", seen.describe(), _ended_with_error(seen, ["partial"]))
 
 
-async def truncated(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
-    seen = await post(client, service.url, fake.script(_key("truncate"), [Delta("partial"), Truncate()]))
+async def truncated(case: Case) -> FaultRow:
+    seen, _ = await case.ask("truncate", [Delta("partial"), Truncate()])
     return FaultRow("truncated body", "event:error, no [DONE]", seen.describe(), _ended_with_error(seen, ["partial"]))
 
 
-async def stream_error(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+async def stream_error(case: Case) -> FaultRow:
     error = Raw(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
-    seen = await post(client, service.url, fake.script(_key("stream-error"), [Delta("partial"), error]))
+    seen, _ = await case.ask("stream-error", [Delta("partial"), error])
     return FaultRow("error object mid-stream", "event:error", seen.describe(), _ended_with_error(seen, ["partial"]))
 
 
-async def html_502(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
-    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
-    seen = await post(client, service.url, fake.script(_key("html"), [Reply(502, page, "text/html")]))
+async def html_502(case: Case) -> FaultRow:
+    seen, _ = await case.ask("html", [Reply(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")])
     ok = _json_error(seen, 502) and "<" not in (seen.error or "<")
     return FaultRow("HTML 502 page", "502 JSON, no HTML", seen.describe(), ok)
 
 
-async def rate_limit_storm(
-    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
-) -> FaultRow:
+async def rate_limit_storm(case: Case) -> FaultRow:
+    storm = case.options.storm
     body = openai_error(429, "Rate limit reached for requests", "requests").body
-    key = fake.script(_key("storm"), [Reply(429, body, headers=(("retry-after", "7"),))])
-    seen = await asyncio.gather(*(post(client, service.url, key) for _ in range(options.storm)))
-    good = sum(1 for s in seen if _json_error(s, 429) and s.headers.get("retry-after") == "7")
-    saw = f"{good}/{options.storm} got 429 JSON with Retry-After 7"
-    bad = next((s for s in seen if not (_json_error(s, 429) and s.headers.get("retry-after") == "7")), None)
-    return FaultRow(
-        f"429 storm ({options.storm} at once)",
-        "429 JSON + Retry-After",
-        saw + (f"; e.g. {bad.describe()}" if bad else ""),
-        good == options.storm,
-    )
+    key = case.fake.script(_key("storm"), [Reply(429, body, headers=(("retry-after", "7"),))])
+    seen = await asyncio.gather(*(post(case.client, case.service.url, key) for _ in range(storm)))
+    bad = [s for s in seen if not (_json_error(s, 429) and s.headers.get("retry-after") == "7")]
+    saw = f"{storm - len(bad)}/{storm} got 429 JSON with Retry-After 7" + (f"; e.g. {bad[0].describe()}" if bad else "")
+    return FaultRow(f"429 storm ({storm} at once)", "429 JSON + Retry-After", saw, not bad)
 
 
-async def slow_drip(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
+async def slow_drip(case: Case) -> FaultRow:
     event = b'data:{"choices":[{"delta":{"content":"drip"}}]}\n\n'
     steps: list[Step] = [Delta("before")]
     for byte in event:
-        steps += [Sleep(options.drip_interval), Raw(bytes([byte]))]
-    steps.append(Done())
-    started = time.perf_counter()
-    seen = await post(client, service.url, fake.script(_key("drip"), steps))
-    took = time.perf_counter() - started
+        steps += [Sleep(case.options.drip_interval), Raw(bytes([byte]))]
+    seen, took = await case.ask("drip", [*steps, Done()])
     ok = seen.status == 200 and seen.messages == ["before", "drip", "[DONE]"]
     return FaultRow(
-        f"slow drip ({len(event)} B, 1 B / {options.drip_interval:g} s)",
+        f"slow drip ({len(event)} B, 1 B / {case.options.drip_interval:g} s)",
         "delta intact, [DONE]",
         f"{seen.describe()} after {took:.1f} s",
         ok,
@@ -183,14 +173,13 @@ def big_text(size: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(size))
 
 
-async def big_delta(client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options) -> FaultRow:
-    text = big_text(options.big_delta_bytes)
-    seen = await post(client, service.url, fake.script(_key("big"), deltas(text)))
+async def big_delta(case: Case) -> FaultRow:
+    text = big_text(case.options.big_delta_bytes)
+    seen, _ = await case.ask("big", deltas(text))
     ok = seen.status == 200 and seen.messages == [text, "[DONE]"]
     got = len(seen.messages[0]) if seen.messages else 0
-    return FaultRow(
-        f"{options.big_delta_bytes / MiB:g} MiB delta", "arrives intact", f"{got} chars, identical: {ok}", ok
-    )
+    size = case.options.big_delta_bytes / MiB
+    return FaultRow(f"{size:g} MiB delta", "arrives intact", f"{got} chars, identical: {ok}", ok)
 
 
 async def _disconnect_once(service: AppProcess, fake: FakeOpenAI, rng: random.Random) -> tuple[str, float | None]:
@@ -236,11 +225,9 @@ async def _disconnect_once(service: AppProcess, fake: FakeOpenAI, rng: random.Ra
     return where, (None if not records else float("inf"))
 
 
-async def client_disconnects(
-    client: httpx.AsyncClient, service: AppProcess, fake: FakeOpenAI, options: Options
-) -> FaultRow:
-    rng = random.Random(11)
-    results = await asyncio.gather(*(_disconnect_once(service, fake, rng) for _ in range(options.disconnects)))
+async def client_disconnects(case: Case) -> FaultRow:
+    rng, count = random.Random(11), case.options.disconnects
+    results = await asyncio.gather(*(_disconnect_once(case.service, case.fake, rng) for _ in range(count)))
     lags = [lag for _, lag in results if lag is not None]
     closed = [lag for lag in lags if lag != float("inf")]
     late = [where for where, lag in results if lag is not None and lag > 1.0]
@@ -250,7 +237,7 @@ async def client_disconnects(
     )
     if late:
         saw += f"; late: {', '.join(sorted(set(late)))}"
-    return FaultRow(f"random client disconnects ({options.disconnects})", "upstream closed <= 1 s", saw, not late)
+    return FaultRow(f"random client disconnects ({count})", "upstream closed <= 1 s", saw, not late)
 
 
 # ---------------------------------------------------------------- Secrets Manager down, throttled, back
@@ -366,8 +353,9 @@ async def run_all(
 ) -> list[FaultRow]:
     """Every fault case, one row each; the Secrets Manager rows ask `secret`, the rest `main`."""
     async with http_client() as client:
-        busy = asyncio.gather(*(fault(client, main, fake, options) for fault in BUSY_FAULTS))
+        case = Case(client, main, fake, options)
+        busy = asyncio.gather(*(fault(case) for fault in BUSY_FAULTS))
         secret_rows = asyncio.to_thread(secrets_manager_rows, fake, options, secret, endpoint_port)
         first, more = await asyncio.gather(busy, secret_rows)
-        waiting = await asyncio.gather(*(fault(client, main, fake, options) for fault in WAITING_FAULTS))
+        waiting = await asyncio.gather(*(fault(case) for fault in WAITING_FAULTS))
     return [*first, *waiting, *more]

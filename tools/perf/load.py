@@ -159,46 +159,38 @@ def run(options: Options) -> Report:
     return Report(options, load, fault_rows)
 
 
+# The load table's columns: heading, and the cell's format applied to a LoadRow `r`.
+COLUMNS = (
+    ("round", "{r.round}"),
+    ("streams x chunks", "{r.streams} x {r.chunks}"),
+    ("errors", "{r.errors}"),
+    ("peak concurrent", "{r.peak_in_flight}"),
+    ("wall s", "{r.seconds:.1f}"),
+    ("TTFB p50 ms", "{r.ttfb_p50_ms:.0f}"),
+    ("TTFB p99 ms", "{r.ttfb_p99_ms:.0f}"),
+    ("service CPU s", "{r.service_cpu_s:.1f}"),
+    ("RSS before MiB", "{r.rss_before_mib:.1f}"),
+    ("peak RSS MiB", "{r.peak_rss_mib:.1f}"),
+    ("RSS after MiB", "{r.rss_after_mib:.1f}"),
+    ("KiB/stream", "{r.kib_per_stream:.1f}"),
+    ("upstream in flight after", "{r.upstream_in_flight_after}"),
+    ("idle upstream conns", "{r.upstream_idle_open_after}"),
+    ("leftover tasks", "{r.leftover_tasks}"),
+)
+
+
+def _verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
 def format_report(report: Report) -> str:
-    headers = "round|streams x chunks|errors|peak concurrent|wall s|TTFB p50 ms|TTFB p99 ms|service CPU s|"
-    headers += "RSS before MiB|peak RSS MiB|RSS after MiB|KiB/stream|upstream in flight after|idle upstream conns|"
-    headers += "leftover tasks|pass"
-    rows = [
-        [
-            str(r.round),
-            f"{r.streams} x {r.chunks}",
-            str(r.errors),
-            str(r.peak_in_flight),
-            f"{r.seconds:.1f}",
-            f"{r.ttfb_p50_ms:.0f}",
-            f"{r.ttfb_p99_ms:.0f}",
-            f"{r.service_cpu_s:.1f}",
-            f"{r.rss_before_mib:.1f}",
-            f"{r.peak_rss_mib:.1f}",
-            f"{r.rss_after_mib:.1f}",
-            f"{r.kib_per_stream:.1f}",
-            str(r.upstream_in_flight_after),
-            str(r.upstream_idle_open_after),
-            str(r.leftover_tasks),
-            "PASS" if r.passed else "FAIL",
-        ]
-        for r in report.load
-    ]
+    load_rows = [[cell.format(r=r) for _, cell in COLUMNS] + [_verdict(r.passed)] for r in report.load]
+    load = markdown_table([heading for heading, _ in COLUMNS] + ["pass"], load_rows)
     errors = [f"first error in round {r.round}: {r.first_error}" for r in report.load if r.first_error]
-    fault_rows = [[f.case, f.expected, f.saw, "PASS" if f.passed else "FAIL"] for f in report.faults]
+    fault_rows = [[f.case, f.expected, f.saw, _verdict(f.passed)] for f in report.faults]
+    faults_table = markdown_table(["fault", "expected", "client saw", "pass"], fault_rows)
     options = ", ".join(f"{f.name}={getattr(report.options, f.name)}" for f in fields(report.options))
-    return "\n".join(
-        [
-            "Options: " + options,
-            "",
-            "Load",
-            markdown_table(headers.split("|"), rows),
-            *errors,
-            "",
-            "Faults",
-            markdown_table(["fault", "expected", "client saw", "pass"], fault_rows),
-        ]
-    )
+    return "\n".join(["Options: " + options, "", "Load", load, *errors, "", "Faults", faults_table])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

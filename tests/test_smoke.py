@@ -13,9 +13,7 @@ import hmac
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import pytest
 
 from tests.harness.fake_openai import Delta, FakeOpenAI, Reset, Sleep, deltas
 from tests.harness.ports import free_port
+from tests.harness.stand_in import StandIn
 from tests.harness.support import AppServer, app_server, settings_for, unique
 from tools import smoke
 
@@ -151,44 +150,22 @@ def test_under_github_actions_the_token_is_only_ever_printed_as_a_mask(
 # ---------------------------------------------------------------- IAM (SigV4)
 
 
-class FunctionUrlStandIn(BaseHTTPRequestHandler):
-    """Plays a Lambda Function URL reached through an HTTP proxy: records the request, answers a stream."""
-
-    seen: list[tuple[str, dict[str, str], bytes]] = []
-    answer = b"event:message\ndata:signed\n\nevent:message\ndata:[DONE]\n\n"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-        answer = self.answer
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("content-length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: the test reads `seen`."""
+SIGNED_ANSWER = b"event:message\ndata:signed\n\nevent:message\ndata:[DONE]\n\n"
 
 
 @pytest.fixture
-def function_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, str], bytes]]]:
-    """Every request to any host goes to the stand-in, as if it were AWS; fake static credentials."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FunctionUrlStandIn)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    for name in ("NO_PROXY", "no_proxy", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{httpd.server_address[1]}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    FunctionUrlStandIn.seen = []
-    yield FunctionUrlStandIn.seen
-    httpd.shutdown()
-    httpd.server_close()
+def function_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    """Every request to any host goes to a stand-in Function URL answering a stream; fake static credentials."""
+    with StandIn(200, "text/event-stream", SIGNED_ANSWER) as stand_in:
+        for name in ("NO_PROXY", "no_proxy", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{stand_in.port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        yield stand_in
 
 
 def sigv4_signature(
@@ -236,12 +213,12 @@ def test_the_independent_sigv4_matches_aws_test_vectors(method: str, expected: s
 
 
 def test_iam_signs_for_lambda_in_the_region_of_the_function_url(
-    function_url: list[tuple[str, dict[str, str], bytes]], capsys: pytest.CaptureFixture[str]
+    function_url: StandIn, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = "http://abcdefghijklmnopqrstuvwxyz012345.lambda-url.eu-west-2.on.aws/"
     code, output = run_smoke(capsys, url, "--auth", "iam", "--message", "hello")
     assert code == 0, output
-    [(path, headers, body)] = function_url
+    [(path, headers, body)] = function_url.seen
     assert path == f"{url}api/chat/stream"
     assert json.loads(body) == {"message": "hello"}
     authorization = headers["authorization"]
@@ -260,26 +237,22 @@ def test_iam_signs_for_lambda_in_the_region_of_the_function_url(
     assert SECRET_KEY not in output
 
 
-def test_iam_with_an_explicit_region(
-    function_url: list[tuple[str, dict[str, str], bytes]], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_iam_with_an_explicit_region(function_url: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
     code, output = run_smoke(capsys, "http://chat.example.test/", "--auth", "iam", "--region", "ap-south-1")
     assert code == 0, output
-    [(_, headers, _)] = function_url
+    [(_, headers, _)] = function_url.seen
     assert "/ap-south-1/lambda/aws4_request" in headers["authorization"]
 
 
-def test_iam_without_a_region_says_how_to_give_one(
-    function_url: list[tuple[str, dict[str, str], bytes]], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_iam_without_a_region_says_how_to_give_one(function_url: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
     code, output = run_smoke(capsys, "http://chat.example.test/", "--auth", "iam")
     assert code == 1
     assert "smoke test FAILED: cannot tell the AWS region from chat.example.test; pass --region" in output
-    assert function_url == []
+    assert function_url.seen == []
 
 
 def test_iam_without_credentials_fails_clearly(
-    function_url: list[tuple[str, dict[str, str], bytes]],
+    function_url: StandIn,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -292,12 +265,12 @@ def test_iam_without_credentials_fails_clearly(
 
 
 def test_a_stream_that_stops_before_done_fails(
-    function_url: list[tuple[str, dict[str, str], bytes]],
+    function_url: StandIn,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A function killed mid-answer (timeout, crash) ends the body without `[DONE]` or an error event."""
-    monkeypatch.setattr(FunctionUrlStandIn, "answer", b"event:message\ndata:half an ans\n\n")
+    function_url.body = b"event:message\ndata:half an ans\n\n"
     code, output = run_smoke(capsys, "http://x.lambda-url.us-east-1.on.aws/")
     assert code == 1
     assert "smoke test FAILED: the stream ended without the final [DONE] message (cut off?)" in output

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import json
 import random
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
@@ -35,6 +32,7 @@ from tests.harness.fake_openai import (
     deltas,
     openai_error,
 )
+from tests.harness.stand_in import StandIn
 from tools.perf.client import STREAM_PATH, Seen, ask, http_client, post
 
 MiB = 1024 * 1024
@@ -243,34 +241,6 @@ async def client_disconnects(case: Case) -> FaultRow:
 # ---------------------------------------------------------------- Secrets Manager down, throttled, back
 
 
-class _Throttling(http.server.BaseHTTPRequestHandler):
-    """Answers every Secrets Manager call the way AWS does when throttling."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        body = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
-        self.send_response(400)
-        self.send_header("content-type", "application/x-amz-json-1.1")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the table is the output."""
-
-
-@contextlib.contextmanager
-def throttling_endpoint(port: int) -> Iterator[None]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Throttling)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 STORED_KEY_NAME = "loadtest/openai-key"
 
 
@@ -310,7 +280,8 @@ def secrets_manager_rows(fake: FakeOpenAI, options: Options, service: AppProcess
             _json_error(down, 503) and alive,
         )
     )
-    with throttling_endpoint(endpoint_port):
+    throttling = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'  # as AWS answers when throttling
+    with StandIn(400, "application/x-amz-json-1.1", throttling, port=endpoint_port):
         throttled = ask_once()
     rows.append(FaultRow("Secrets Manager throttling", "503 JSON", throttled.describe(), _json_error(throttled, 503)))
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=endpoint_port, verbose=False)

@@ -1,1 +1,1 @@
-"""Test infrastructure: the fake model, Lambda event and runtime doubles, servers and processes the tests start."""
+"""Test infrastructure, used by tools/ too: the fake model, Lambda events and runtime doubles, servers and processes."""

@@ -1,4 +1,4 @@
-"""Lambda events as AWS sends them for `POST /api/chat/stream`, for the runtime tests and the benchmark."""
+"""Lambda events as AWS sends them for `POST /api/chat/stream`, and the LambdaContext for built-package scripts."""
 
 from __future__ import annotations
 

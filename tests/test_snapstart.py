@@ -35,26 +35,29 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(snapshot_restore_py, "_after_restore_registry", [])
 
 
-def test_handler_defers_openai_until_the_snapshot_hook(tmp_path: Path) -> None:
+def test_handler_defers_openai_until_the_snapshot_hook() -> None:
     script = (
-        "import sys, snapshot_restore_py\n"
+        "import sys\n"
         "import chat.handler\n"
         "assert 'openai' not in sys.modules, 'openai imported on the cold path'\n"
-        "for func, args, kwargs in snapshot_restore_py.get_before_snapshot():\n"
-        "    func(*args, **kwargs)\n"
+        "from chat.runtime.client import RuntimeClient\n"
+        "from chat.runtime.loop import run_snapstart_hooks\n"
+        "run_snapstart_hooks(RuntimeClient(sys.argv[1]))\n"
         "assert 'openai' in sys.modules\n"
         "print('ok')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT / "functions" / "chat",
-        env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "sk-unused"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    with RuntimeAPIDouble() as api:
+        result = subprocess.run(
+            [sys.executable, "-c", script, api.address],
+            cwd=ROOT / "functions" / "chat",
+            env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "sk-unused"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert result.stdout.strip() == "ok", result.stderr
+    assert api.calls == ["GET /runtime/restore/next"]
 
 
 def test_restore_rebuilds_clients_secrets_and_random_state(registry: None, aws: Any, fake: FakeOpenAI) -> None:

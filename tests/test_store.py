@@ -315,3 +315,47 @@ def test_unknown_store_urls_are_refused(url: str) -> None:
 
 def test_none_turns_the_store_off() -> None:
     assert open_store("none") is None
+
+
+def test_the_functions_policy_allows_exactly_what_the_store_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every DynamoDB action a full conversation's life uses, recorded from the client, is the policy's list."""
+    for name, value in dynamodb.TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    used: set[str] = set()
+    transact = {
+        "Put": "PutItem",
+        "Update": "UpdateItem",
+        "Delete": "DeleteItem",
+        "ConditionCheck": "ConditionCheckItem",
+    }
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        if model.name == "TransactWriteItems":
+            used.update(transact[kind] for item in params["TransactItems"] for kind in item)
+        else:
+            used.add(model.name)
+
+    with mock_aws():
+        dynamodb.create_table(dynamodb.client(), "chat-policy")
+        store = open_store("dynamodb://chat-policy")
+        assert store is not None
+        store.client().meta.events.register("provide-client-params.dynamodb.*", record)  # type: ignore[attr-defined]
+        conversation_id = converse(store, ("q", "a"))
+        turn = start(conversation_id, 1, "more", now=NOW + 20 * DAY)
+        run(store.begin_turn(turn))
+        run(store.request_stop(ALICE, conversation_id, NOW + 20 * DAY))
+        run(store.stop_requested(ALICE, conversation_id, turn.turn_id))
+        run(store.finish_turn(end(turn, "x" * 400_000, refresh_expiry=True)))
+        run(store.list_conversations(ALICE, 10, None, NOW + 20 * DAY))
+        run(store.load(ALICE, conversation_id, NOW + 20 * DAY))
+        run(store.delete(ALICE, conversation_id, NOW + 20 * DAY))
+        store.close()
+
+    resources = dynamodb.template()["Resources"]
+    policies = resources["ChatFunction"]["Properties"]["Policies"]
+    [statement] = [s for p in policies if "Statement" in p for s in p["Statement"] if s["Sid"] == "ConversationStore"]
+    assert {action.removeprefix("dynamodb:") for action in statement["Action"]} == used
+    assert statement["Resource"] == [
+        {"Fn::GetAtt": "ChatTable.Arn"},
+        {"Fn::Sub": "${ChatTable.Arn}/index/gsi1"},
+    ]

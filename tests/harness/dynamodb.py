@@ -10,8 +10,8 @@ the deployed one unnoticed. Reuse `create_table` for any table the template adds
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,9 @@ def create_table(client: Any, name: str, logical_id: str = CHAT_TABLE) -> dict[s
 
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """moto's server on 127.0.0.1 (for apps running as their own processes); yields its endpoint URL."""
+    """moto's server on 127.0.0.1 (for apps running as their own processes); yields its endpoint URL.
+
+    Its tables live in this process's moto backend, which outlives the server: use unique table names."""
     from moto.server import ThreadedMotoServer
 
     from tests.harness.ports import free_port
@@ -136,10 +138,23 @@ def client(endpoint_url: str | None = None) -> Any:
 
 
 def server_env(endpoint_url: str, table: str) -> dict[str, str]:
-    """Environment for an app process that uses `table` on moto's server at `endpoint_url`."""
+    """Environment (to add to the app's) for an app process using `table` on moto's server at `endpoint_url`."""
     return {
-        **os.environ,
         **TEST_CREDENTIALS,
         "AWS_ENDPOINT_URL_DYNAMODB": endpoint_url,
         "CHAT_STORE_URL": f"dynamodb://{table}",
     }
+
+
+def main() -> None:
+    """`python -m tests.harness.dynamodb --endpoint URL --table NAME`: the template's table on a local DynamoDB."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--endpoint", default="http://127.0.0.1:8000")
+    parser.add_argument("--table", default="chat-local")
+    options = parser.parse_args()
+    create_table(client(options.endpoint), options.table)
+    print(f"created {options.table} at {options.endpoint}: CHAT_STORE_URL=dynamodb://{options.table}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,13 +14,17 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
+from .caller import caller_identity
 from .chat_request import BadRequest, parse_chat_request
 from .config import Settings
+from .conversation import start_turn
+from .conversation_api import add_conversation_routes
 from .headers import SECURITY_HEADERS_TEXT, SecurityHeaders
 from .observability import logger
 from .page import add_page_routes
 from .relay import ChatStream, error_response
 from .secrets import SecretSource, SecretUnavailable
+from .store import StoreError, open_store
 from .upstream import Upstream
 
 _CHAT_OPENAPI = {
@@ -45,6 +49,16 @@ _CHAT_OPENAPI = {
                                 },
                             },
                         },
+                        "store": {
+                            "type": "boolean",
+                            "description": "Start a new stored conversation with this message; its id is in the"
+                            " `X-Conversation-Id` response header.",
+                        },
+                        "conversation_id": {
+                            "type": "string",
+                            "description": "Continue this stored conversation: its turns are the context, and the"
+                            " message and answer are appended. Not together with `history` or `store`.",
+                        },
                     },
                 }
             }
@@ -54,6 +68,12 @@ _CHAT_OPENAPI = {
         "200": {
             "description": "`event:message` per delta, then `data:[DONE]`; `event:error` on failure.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "headers": {
+                "X-Conversation-Id": {
+                    "description": "The stored conversation's id (requests with `store` or `conversation_id`).",
+                    "schema": {"type": "string"},
+                }
+            },
         },
         **{
             str(status): {
@@ -63,10 +83,12 @@ _CHAT_OPENAPI = {
             for status, description in [
                 (400, "Invalid request body"),
                 (401, "Missing or wrong bearer token"),
+                (404, "Unknown conversation_id (or someone else's)"),
+                (409, "An answer is already in progress in this conversation"),
                 (413, "Request body too large"),
                 (429, "The model is rate limited (Retry-After when it said)"),
                 (502, "The model refused or failed"),
-                (503, "A secret could not be read"),
+                (503, "A secret could not be read, or the conversation store failed"),
                 (504, "The model did not answer in time"),
             ]
         },
@@ -95,17 +117,6 @@ class _BearerToken:
         if scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), expected):
             return None
         return error_response(401, "Missing or invalid bearer token.", {"www-authenticate": "Bearer"})
-
-
-def _caller(request: Request, token_auth: bool) -> str:
-    """Who is asking, from what the platform verified: the IAM principal Lambda's Function URL or API
-    Gateway checked, "default" while one bearer token admits everyone, else the local identity."""
-    if token_auth:
-        return "default"
-    context = request.scope.get("aws.event", {}).get("requestContext", {})
-    iam = (context.get("authorizer") or {}).get("iam") or context.get("identity") or {}
-    arn = iam.get("userArn")
-    return arn if isinstance(arn, str) and arn else "local"
 
 
 class JSONRefusalCORS(CORSMiddleware):
@@ -144,29 +155,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     upstream = Upstream(settings, api_key)
     token = SecretSource(secret_id=settings.auth_token_secret_id, json_field="token", ttl=settings.secret_cache_seconds)
     auth = _BearerToken(token) if token.configured else None
+    store = open_store(settings.store_url)
 
     app = FastAPI(
         title="chat-stream",
         summary="Streams an OpenAI-compatible model's answer as Server-Sent Events.",
         docs_url=None,
         redoc_url=None,
+        # A trailing slash is a 404 like any other unknown path, not a redirect (`/api/conversations/` is
+        # an empty id, and a redirect would send a client's body and token to a path it did not ask for).
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.upstream = upstream
+    app.state.store = store
+
+    async def authenticate(request: Request) -> Response | None:
+        return None if auth is None else await auth.rejection(request)
 
     @app.post("/api/chat/stream", status_code=200, response_class=ChatStream, openapi_extra=_CHAT_OPENAPI)
     async def chat_stream(request: Request) -> Response:
-        """Stream the model's answer to `message`, with `history` as earlier turns."""
-        if auth is not None:
-            rejection = await auth.rejection(request)
-            if rejection is not None:
-                return rejection
+        """Stream the model's answer to `message`, with `history` as earlier turns, or in a stored conversation."""
+        rejection = await authenticate(request)
+        if rejection is not None:
+            return rejection
+        caller = caller_identity(request.scope, token_auth=auth is not None)
+        turn = None
         try:
             body = await _read_body(request, settings.max_body_bytes)
-            chat = parse_chat_request(body, max_history_turns=settings.max_history_turns)
+            chat = parse_chat_request(
+                body, max_history_turns=settings.max_history_turns, conversations=store is not None
+            )
+            if store is not None and chat.stored:
+                chat, turn = await start_turn(store, settings, caller, chat)
         except BadRequest as error:
             return error_response(error.status, error.message)
-        return ChatStream(chat, upstream, settings, _caller(request, auth is not None))
+        except StoreError as error:
+            return error_response(503, str(error))
+        return ChatStream(chat, upstream, settings, caller, turn)
 
     # A plain response, not a return-type model: FastAPI would build a pydantic field for the
     # model at import (and import pydantic.v1 to check its kind), ~25 ms of every cold start.
@@ -176,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     add_page_routes(app)
+    if store is not None:
+        add_conversation_routes(app, store, authenticate, token_auth=auth is not None)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
@@ -191,7 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             JSONRefusalCORS,
             allow_origins=list(settings.cors_allow_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "content-type"],
             max_age=600,
         )

@@ -33,6 +33,14 @@ class Turn:
 class ChatRequest:
     message: str
     history: tuple[Turn, ...] = ()
+    store: bool = False
+    """Start a new stored conversation with this message."""
+    conversation_id: str | None = None
+    """Continue this stored conversation (its turns become the history)."""
+
+    @property
+    def stored(self) -> bool:
+        return self.store or self.conversation_id is not None
 
     def openai_messages(self) -> list[dict[str, str]]:
         """The conversation as the Chat Completions API wants it: history, then the message."""
@@ -61,8 +69,26 @@ def _turn(item: object, index: int) -> Turn:
     return Turn(role=str(role), content=_encodable(content, f"history[{index}].content"))
 
 
-def parse_chat_request(body: bytes, *, max_history_turns: int) -> ChatRequest:
-    """Turn raw body bytes into a ChatRequest, or raise BadRequest with a client-safe message."""
+def _conversation_fields(data: dict[str, object]) -> tuple[bool, str | None]:
+    store, conversation_id = data.get("store", False), data.get("conversation_id")
+    if not isinstance(store, bool):
+        raise BadRequest("store must be true or false")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise BadRequest("conversation_id must be a string")
+    if store and conversation_id is not None:
+        raise BadRequest("Send store to start a conversation, or conversation_id to continue one, not both")
+    if data.get("history") is not None and (store or conversation_id is not None):
+        raise BadRequest(
+            "history cannot be combined with store or conversation_id: a stored conversation's turns are its history"
+        )
+    return store, conversation_id
+
+
+def parse_chat_request(body: bytes, *, max_history_turns: int, conversations: bool = False) -> ChatRequest:
+    """Turn raw body bytes into a ChatRequest, or raise BadRequest with a client-safe message.
+
+    With `conversations` off (no store), `store` and `conversation_id` are ignored like any
+    other unknown field: the service is exactly the stateless one."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -73,6 +99,10 @@ def parse_chat_request(body: bytes, *, max_history_turns: int) -> ChatRequest:
     if not isinstance(message, str) or not message:
         raise BadRequest()
     _encodable(message, "message")
+    if conversations:
+        store, conversation_id = _conversation_fields(data)
+        if store or conversation_id is not None:
+            return ChatRequest(message=message, store=store, conversation_id=conversation_id)
     history = data.get("history")
     if history is None:
         return ChatRequest(message=message)

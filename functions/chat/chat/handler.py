@@ -11,4 +11,4 @@ from .app import create_app
 
 app = create_app()
 handler = Mangum(app, lifespan="off")
-snapstart.register(app.state.upstream)
+snapstart.register(app.state.upstream, app.state.store)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -20,6 +21,8 @@ from starlette.types import Message, Receive, Scope, Send
 from . import observability, sse, stream_trailers
 from .chat_request import ChatRequest
 from .config import Settings
+from .conversation import STOPPED, ConversationTurn
+from .store.base import ConversationNotFound, StoreBusy, StoreError
 from .upstream import OpenStream, StreamFailed, Upstream, UpstreamError
 from .usage import NO_USAGE, Usage, estimate_messages, estimate_text
 
@@ -52,6 +55,7 @@ class _Watchdog:
         self.got_first = False
         self.sending = False
         self.reason = ""
+        self.kind = ""
 
     async def run(self, timeout: asyncio.Timeout) -> None:
         settings = self.settings
@@ -62,6 +66,7 @@ class _Watchdog:
                 due = self.deadline
             if now >= due:
                 self.reason = self._reason(now)
+                self.kind = "deadline" if self.deadline is not None and now >= self.deadline else "timeout"
                 timeout.reschedule(now)
                 return
             beat = self.last_out + settings.heartbeat_seconds
@@ -72,6 +77,11 @@ class _Watchdog:
                         await self.send({"type": "http.response.body", "body": sse.HEARTBEAT, "more_body": True})
                 beat = now + settings.heartbeat_seconds
             await asyncio.sleep(min(due, beat) - now)
+
+    def interrupt(self, timeout: asyncio.Timeout, kind: str, reason: str) -> None:
+        """End the relay now (a stop asked for from elsewhere), the way a limit ends it."""
+        self.kind, self.reason = kind, reason
+        timeout.reschedule(self.loop.time())
 
     def _reason(self, now: float) -> str:
         if self.deadline is not None and now >= self.deadline:
@@ -86,8 +96,16 @@ class ChatStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, chat: ChatRequest, upstream: Upstream, settings: Settings, caller: str) -> None:
+    def __init__(
+        self,
+        chat: ChatRequest,
+        upstream: Upstream,
+        settings: Settings,
+        caller: str,
+        turn: ConversationTurn | None = None,
+    ) -> None:
         self.chat = chat
+        self.turn = turn
         self.upstream = upstream
         self.settings = settings
         self.outcome = observability.StreamOutcome(caller=caller, model=settings.openai_model)
@@ -108,6 +126,8 @@ class ChatStream(Response):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
+            if self.turn is not None:  # a no-op when the relay already stored the answer
+                await self.turn.finish("disconnected" if self.outcome.client_disconnected else "error")
             self.outcome.duration_seconds = time.perf_counter() - started
             self.outcome.usage = self.usage()
             observability.record(self.outcome)
@@ -121,53 +141,115 @@ class ChatStream(Response):
         prompt = estimate_messages(self.chat.openai_messages())
         return Usage(prompt, self.completion_estimate, "estimated")
 
-    def _deadline(self, scope: Scope) -> float | None:
-        """Loop time at which to end the stream: shortly before the Lambda deadline, if any."""
+    @staticmethod
+    def _remaining_seconds(scope: Scope) -> float | None:
+        """Seconds left in this Lambda invocation, if it is one."""
         context = scope.get("aws.context")
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         if remaining is None:
             return None
         milliseconds: float = remaining()
-        return asyncio.get_running_loop().time() + milliseconds / 1000 - self.settings.deadline_margin_seconds
+        return milliseconds / 1000
+
+    async def _open(self, until: float) -> OpenStream:
+        try:
+            async with asyncio.timeout_at(until):
+                return await self.upstream.open(self.chat)
+        except TimeoutError:
+            raise UpstreamError(504, "The model did not answer in time.", "timeout") from None
 
     async def _respond(self, scope: Scope, send: Send, started: float) -> None:
+        """Open the upstream; for a stored conversation, lock it and store the user's turn meanwhile.
+
+        Nothing is sent before both have succeeded: a 409 (or any store failure) cancels the
+        upstream request before a byte of the answer exists, and no token is relayed or stored
+        before the user's turn is durable."""
         loop = asyncio.get_running_loop()
-        deadline = self._deadline(scope)
+        remaining = self._remaining_seconds(scope)
+        deadline = None if remaining is None else loop.time() + remaining - self.settings.deadline_margin_seconds
         limit = loop.time() + self.settings.first_token_timeout
+        trailers = stream_trailers.EXTENSION in scope.get("extensions", {})
+        opening = asyncio.ensure_future(self._open(limit if deadline is None else min(limit, deadline)))
+        stop: asyncio.Future[None] | None = None
         try:
-            async with asyncio.timeout_at(limit if deadline is None else min(limit, deadline)):
-                stream = self.stream = await self.upstream.open(self.chat)
-        except TimeoutError:
-            await self._fail(send, UpstreamError(504, "The model did not answer in time.", "timeout"))
-            return
-        except UpstreamError as error:
-            await self._fail(send, error)
-            return
-        try:
-            trailers = stream_trailers.EXTENSION in scope.get("extensions", {})
-            await self._relay(stream, send, _Watchdog(self.settings, limit, deadline, send), started, trailers)
+            if self.turn is not None:
+                try:
+                    await self.turn.begin(remaining)
+                except StoreError as error:
+                    await _discard(opening)
+                    await self._send_json(send, _store_status(error), str(error))
+                    return
+                stop = asyncio.ensure_future(self.turn.wait_for_stop())
+                await asyncio.wait((opening, stop), return_when=asyncio.FIRST_COMPLETED)
+                if not opening.done():  # stopped before the model answered
+                    await _discard(opening)
+                    await self._start_stream(send, trailers)
+                    await self._end(send, "stopped", STOPPED, "stopped", trailers)
+                    return
+            try:
+                stream = self.stream = await opening
+            except UpstreamError as error:
+                if self.turn is not None:
+                    await self.turn.finish("timeout" if error.kind == "timeout" else "error")
+                await self._fail(send, error)
+                return
+            try:
+                watchdog = _Watchdog(self.settings, limit, deadline, send)
+                await self._relay(stream, send, watchdog, started, trailers, stop)
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
         finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()
+            if stop is not None:
+                stop.cancel()
+            await _discard(opening)
+
+    async def _send_json(
+        self, send: Send, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self.outcome.status = status
+        headers = [(b"content-type", b"application/json"), *extra]
+        if self.turn is not None:
+            headers.append(self.turn.header)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": json_body({"error": message})})
 
     async def _fail(self, send: Send, error: UpstreamError) -> None:
-        self.outcome.status = error.status
         self.outcome.error_kind = error.kind
-        headers = [(b"content-type", b"application/json")]
+        headers = []
         if error.retry_after:
             headers.append((b"retry-after", error.retry_after.encode("latin-1", "replace")))
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": json_body({"error": error.message})})
+        await self._send_json(send, error.status, error.message, headers)
 
-    async def _relay(self, stream: OpenStream, send: Send, watchdog: _Watchdog, started: float, trailers: bool) -> None:
-        """Relay deltas as SSE; with the ASGI trailers extension (the Lambda runtime), report a failure there too."""
+    async def _start_stream(self, send: Send, trailers: bool) -> None:
         self.outcome.status = 200
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS, "trailers": trailers})
+        headers = SSE_HEADERS if self.turn is None else [*SSE_HEADERS, self.turn.header]
+        await send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": trailers})
+
+    async def _relay(
+        self,
+        stream: OpenStream,
+        send: Send,
+        watchdog: _Watchdog,
+        started: float,
+        trailers: bool,
+        stop: asyncio.Future[None] | None,
+    ) -> None:
+        """Relay deltas as SSE; with the ASGI trailers extension (the Lambda runtime), report a failure there too."""
+        await self._start_stream(send, trailers)
         loop = watchdog.loop
+        turn = self.turn
         failure_message = ""
+        status = "complete"
         try:
             async with asyncio.timeout(None) as timeout:
                 timer = asyncio.ensure_future(watchdog.run(timeout))
+
+                def stopped(_: object) -> None:
+                    watchdog.interrupt(timeout, "stopped", STOPPED)
+
+                if stop is not None:
+                    stop.add_done_callback(stopped)
                 try:
                     async with contextlib.aclosing(stream.contents()) as reads:
                         async for contents in reads:
@@ -180,6 +262,8 @@ class ChatStream(Response):
                             self.outcome.events += len(contents)
                             for content in contents:
                                 self.completion_estimate += estimate_text(content)
+                            if turn is not None:
+                                turn.add(contents)
                             body = (
                                 sse.message(contents[0]) if len(contents) == 1 else b"".join(map(sse.message, contents))
                             )
@@ -189,18 +273,47 @@ class ChatStream(Response):
                             watchdog.last_out = loop.time()
                 finally:
                     timer.cancel()
+                    if stop is not None:
+                        stop.remove_done_callback(stopped)
         except TimeoutError:
-            self.outcome.error_kind = "timeout"
+            status = watchdog.kind
+            self.outcome.error_kind = "stopped" if status == "stopped" else "timeout"
             failure_message = watchdog.reason
         except StreamFailed as failure:
+            status = "error"
             self.outcome.error_kind = failure.kind
             failure_message = failure.message
-        kind = self.outcome.error_kind
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # before the store write: a stopped model stops generating at once
+        await self._end(send, status, failure_message, self.outcome.error_kind, trailers)
+
+    async def _end(self, send: Send, status: str, failure_message: str, kind: str | None, trailers: bool) -> None:
+        """The stream's last event, after the answer is stored and the conversation released."""
+        if self.turn is not None and not await self.turn.finish(status) and kind is None:
+            kind, failure_message = "store", "The answer could not be saved in the conversation."
+        self.outcome.error_kind = kind
         ending = sse.DONE if kind is None else sse.error(failure_message)
         await send({"type": "http.response.body", "body": ending, "more_body": False})
         if trailers:
             fields = [] if kind is None else stream_trailers.error_trailers(kind, failure_message)
             await send({"type": "http.response.trailers", "headers": fields, "more_trailers": False})
+
+
+def _store_status(error: StoreError) -> int:
+    if isinstance(error, StoreBusy):
+        return 409
+    if isinstance(error, ConversationNotFound):
+        return 404
+    return 503
+
+
+async def _discard(opening: asyncio.Future[OpenStream]) -> None:
+    """Cancel an upstream request nobody will read, or close the stream it already opened."""
+    if not opening.done():
+        opening.cancel()
+    with contextlib.suppress(BaseException):
+        stream = await opening
+        await stream.aclose()
 
 
 async def _disconnected(receive: Receive) -> None:

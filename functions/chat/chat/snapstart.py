@@ -13,6 +13,7 @@ import importlib
 import random
 import sys
 
+from .store import Store
 from .upstream import Upstream
 
 # anyio loads its asyncio backend on the first request (~25 ms): pay that before the snapshot too.
@@ -24,8 +25,10 @@ def warm_imports() -> None:
         importlib.import_module(name)
 
 
-def refresh(upstream: Upstream) -> None:
+def refresh(upstream: Upstream, store: Store | None = None) -> None:
     upstream.reset()
+    if store is not None:
+        store.reset()
     forget_powertools_caches()
     random.seed()
 
@@ -38,12 +41,14 @@ def forget_powertools_caches() -> None:
         importlib.import_module("aws_lambda_powertools.utilities.parameters.base").DEFAULT_PROVIDERS.clear()
 
 
-def register(upstream: Upstream) -> bool:
+def register(upstream: Upstream, store: Store | None = None) -> bool:
     """Register the hooks with the SnapStart registry; False where there is none."""
     try:
         from snapshot_restore_py import register_after_restore, register_before_snapshot
     except ImportError:
         return False
     register_before_snapshot(warm_imports)
-    register_after_restore(refresh, upstream)
+    if store is not None:
+        register_before_snapshot(store.warm)
+    register_after_restore(refresh, upstream, store)
     return True

@@ -222,6 +222,14 @@ class Store(abc.ABC):
         """Remove every item of the conversation; False when there was no such conversation."""
         return await self._run("delete", functools.partial(self._delete, owner, conversation_id, now))
 
+    @abc.abstractmethod
+    def warm(self) -> None:
+        """Before a SnapStart snapshot: pay for imports the first call would make."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """After a SnapStart restore: forget clients and connections made before the snapshot."""
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)

@@ -103,6 +103,9 @@ class DynamoDBStore(Store):
                 self._client = boto3.session.Session().client("dynamodb", config=config)
             return self._client
 
+    def warm(self) -> None:
+        import boto3  # noqa: F401
+
     def reset(self) -> None:
         """Forget the client (after a SnapStart restore: its credentials and connections are stale)."""
         with self._guard:

@@ -76,8 +76,17 @@ class SQLiteStore(Store):
                 self._connection = connection
             return self._connection
 
+    def warm(self) -> None:
+        """Nothing to import: sqlite3 is part of the standard library and already loaded."""
+
+    def reset(self) -> None:
+        self._disconnect()
+
     def close(self) -> None:
         super().close()
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         with self._guard:
             if self._connection is not None:
                 self._connection.close()

@@ -9,13 +9,22 @@ from typing import Any
 URL_ID = "abcdefghijklmnopqrstuvwxyz012345"
 
 
-def function_url_event(body: object, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """A Function URL (payload 2.0) event, as in the AWS docs' example."""
+def function_url_event(
+    body: object,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "POST",
+    path: str = "/api/chat/stream",
+    caller_arn: str | None = None,
+) -> dict[str, Any]:
+    """A Function URL (payload 2.0) event, as in the AWS docs' example; `body=None` sends none.
+
+    `caller_arn`: the IAM principal Lambda verified (AuthType AWS_IAM), in `requestContext.authorizer`."""
     domain = f"{URL_ID}.lambda-url.eu-west-1.on.aws"
-    return {
+    event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": "/api/chat/stream",
+        "rawPath": path,
         "rawQueryString": "",
         "headers": {"content-type": "application/json", "host": domain, **(headers or {})},
         "requestContext": {
@@ -24,8 +33,8 @@ def function_url_event(body: object, headers: dict[str, str] | None = None) -> d
             "domainName": domain,
             "domainPrefix": URL_ID,
             "http": {
-                "method": "POST",
-                "path": "/api/chat/stream",
+                "method": method,
+                "path": path,
                 "protocol": "HTTP/1.1",
                 "sourceIp": "203.0.113.7",
                 "userAgent": "curl/8.5.0",
@@ -36,9 +45,13 @@ def function_url_event(body: object, headers: dict[str, str] | None = None) -> d
             "time": "25/Nov/2026:12:00:00 +0000",
             "timeEpoch": 1795608000000,
         },
-        "body": json.dumps(body),
         "isBase64Encoded": False,
     }
+    if body is not None:
+        event["body"] = json.dumps(body)
+    if caller_arn is not None:
+        event["requestContext"]["authorizer"] = {"iam": {"userArn": caller_arn, "accountId": "123456789012"}}
+    return event
 
 
 def rest_event(body: object, headers: dict[str, str] | None = None) -> dict[str, Any]:

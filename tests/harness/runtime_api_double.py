@@ -70,6 +70,22 @@ class RuntimeAPIDouble(ThreadedServer):
         wait: float = 30.0,
     ) -> Result:
         """Queue one invocation for the runtime's `/next` and wait for its answer."""
+        result = self.begin(
+            event, deadline_in=deadline_in, trace_id=trace_id, hang_up_after_chunks=hang_up_after_chunks
+        )
+        if not result.done.wait(wait):
+            raise TimeoutError(f"the runtime did not answer invocation {result.request_id}")
+        return result
+
+    def begin(
+        self,
+        event: object,
+        *,
+        deadline_in: float = 30.0,
+        trace_id: str | None = None,
+        hang_up_after_chunks: int | None = None,
+    ) -> Result:
+        """Queue one invocation and return at once; its `chunks` fill as they arrive, `done` is set at the end."""
         request_id = str(uuid.uuid4())
         headers = {
             "Lambda-Runtime-Aws-Request-Id": request_id,
@@ -81,8 +97,6 @@ class RuntimeAPIDouble(ThreadedServer):
         invocation = _Invocation(json.dumps(event).encode(), headers, Result(request_id), hang_up_after_chunks)
         self._results[request_id] = invocation
         self.call_soon(self._queue.put_nowait, invocation)
-        if not invocation.result.done.wait(wait):
-            raise TimeoutError(f"the runtime did not answer invocation {request_id}")
         return invocation.result
 
     def wait_for_next(self, count: int, timeout: float = 10.0) -> None:

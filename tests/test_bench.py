@@ -24,6 +24,9 @@ STREAM_ROWS = (
     "App's core busy during that relay (%)",
     "Base RSS after warm-up (MiB)",
     "RSS per open stream, 5 streams open (KiB)",
+    "Added time to first event, 1 stream, app at 512 MB's CPU share (ms)",
+    "Added time to first event, 1 stream, app at 1024 MB's CPU share (ms)",
+    "Added time to first event, 1 stream, app at 1769 MB's CPU share (ms)",
 )
 
 

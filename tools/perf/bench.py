@@ -9,11 +9,12 @@ with the same harness, in a second column: the "before" of the optimisations.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from dataclasses import dataclass
 
-from tools.perf import cold, stream
+from tools.perf import cold, cpu_share, stream
 from tools.perf.stream import Placement, Sizes
 from tools.perf.table import markdown_table
 
@@ -21,6 +22,8 @@ FULL = Sizes(
     single_requests=100, concurrency=200, concurrent_rounds=4, relay_streams=8, relay_events=5000, held_streams=1000
 )
 QUICK = Sizes(single_requests=4, concurrency=5, concurrent_rounds=2, relay_streams=2, relay_events=50, held_streams=5)
+# One stream's added time to first event with the app held to a Lambda CPU share: requests per side.
+SHARE_REQUESTS = {FULL: 40, QUICK: 4}
 DASH = "\N{EN DASH}"
 
 
@@ -32,25 +35,33 @@ class Row:
     target: float | None = None
 
 
-def rows(sizes: Sizes, cold_start: bool) -> list[Row]:
+def rows(sizes: Sizes, cold_start: bool, memory_sizes: list[int]) -> list[Row]:
     stream_rows = [
         Row("ttfe_1_median", "Added time to first event, 1 stream, median (ms)", 2, 1.0),
         Row("ttfe_1_p90", "Added time to first event, 1 stream, p90 (ms)", 2),
-        Row("ttfe_n_median", f"Added time to first event, {sizes.concurrency} streams, median (ms)", 1),
+        Row("ttfe_n_median", f"Added time to first event, {sizes.concurrency} streams, median (ms)", 1, 100.0),
         Row("ttfe_n_p90", f"Added time to first event, {sizes.concurrency} streams, p90 (ms)", 1),
-        Row("request_cpu", "App CPU per request, two-event answer (ms)", 2),
+        Row("request_cpu", "App CPU per request, two-event answer (ms)", 2, 1.0),
         Row("relay_cpu", "Relay cost (CPU-s per 10,000 events)", 2, 1.0),
         Row("relay_rate", f"Relay rate, {sizes.relay_streams} streams, upstream not waiting (events/s)", 0),
         Row("relay_busy", "App's core busy during that relay (%)", 0),
         Row("rss_base", "Base RSS after warm-up (MiB)", 1),
         Row("rss_per_stream", f"RSS per open stream, {sizes.held_streams} streams open (KiB)", 1, 40.0),
+        *(
+            Row(f"share_ttfe_{mb}", f"Added time to first event, 1 stream, app at {mb} MB's CPU share (ms)", 2)
+            for mb in memory_sizes
+        ),
     ]
     if not cold_start:
         return stream_rows
     return [
         *stream_rows,
         Row("import_ms", "Handler cold import, python3.13 -X importtime (ms)", 0, 400.0),
-        Row("first_answer_ms", "Process start to first relayed answer (ms)", 0, 600.0),
+        Row("first_answer_ms", "Process start to first relayed answer (ms)", 0, 400.0),
+        *(
+            Row(f"share_first_answer_{mb}", f"Process start to first relayed answer at {mb} MB's CPU share (ms)", 0)
+            for mb in memory_sizes
+        ),
         Row("zip_mb", "Zipped package, deflate (MB)", 1, 8.0),
     ]
 
@@ -67,10 +78,32 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def measure_cold_start(
-    packages: dict[str, cold.Package], runs: int, results: dict[str, Figures], placement: Placement
+def measure_shares(
+    apps: dict[str, str],
+    memory_sizes: list[int],
+    requests: int,
+    runs: int,
+    results: dict[str, Figures],
+    placement: Placement,
 ) -> None:
-    """Cold-start figures of each package, interleaved run by run, on the app's core."""
+    """One stream's added time to first event, each app held to each memory size's CPU share, interleaved."""
+    with stream.upstream(placement[1] if placement is not None else None) as base_url:
+        for _ in range(runs):
+            for mb in memory_sizes:
+                with cpu_share.lambda_share(mb) as share:
+                    for name, app in apps.items():
+                        added = stream.added_under_share(app, base_url, share, requests, placement)
+                        _collect(results[name], {f"share_ttfe_{mb}": added})
+
+
+def measure_cold_start(
+    packages: dict[str, cold.Package],
+    memory_sizes: list[int],
+    runs: int,
+    results: dict[str, Figures],
+    placement: Placement,
+) -> None:
+    """Cold-start figures of each package, interleaved run by run, on the app's core (and at each CPU share)."""
     dirs = {name: cold.built(package) for name, package in packages.items()}
     core = placement[0] if placement is not None else None
     with stream.upstream(placement[1] if placement is not None else None) as base_url:
@@ -86,6 +119,11 @@ def measure_cold_start(
                         "first_answer_ms": cold.first_answer_ms(package, dirs[name], base_url, core),
                     },
                 )
+            for mb in memory_sizes:
+                with cpu_share.lambda_share(mb) as share:
+                    for name, package in packages.items():
+                        taken = cold.first_answer_ms(package, dirs[name], base_url, core, share)
+                        _collect(results[name], {f"share_first_answer_{mb}": taken})
 
 
 def _figure(values: list[float], digits: int) -> str:
@@ -115,6 +153,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, not the service")
     parser.add_argument("--skip-cold-start", action="store_true", help="no package build, no cold-start figures")
     parser.add_argument("--baseline", action="store_true", help="also measure the idiomatic relay, in a column")
+    parser.add_argument(
+        "--lambda-memory",
+        type=_memory_sizes,
+        default=[512, 1024, 1769],
+        help="Lambda memory sizes (MB) whose CPU share the app is held to in the share rows (default 512,1024,1769)",
+    )
+
+
+def _memory_sizes(text: str) -> list[int]:
+    sizes = [int(size) for size in text.split(",") if size.strip()]
+    if any(size < 128 for size in sizes):
+        raise argparse.ArgumentTypeError("Lambda memory sizes start at 128 MB")
+    return sizes
 
 
 def command(args: argparse.Namespace) -> int:
@@ -128,18 +179,23 @@ def command(args: argparse.Namespace) -> int:
         packages["idiomatic relay"] = cold.BASELINE_PACKAGE
     results: dict[str, Figures] = {name: {} for name in apps}
     placement = stream.cores()
+    load = os.getloadavg()[0]
     for run in range(args.runs):
         for name, app in apps.items():
             _progress(f"run {run + 1}/{args.runs}: streaming, {name}")
             _collect(results[name], stream.measure(app, sizes, placement))
+    _progress("Lambda CPU shares")
+    measure_shares(apps, args.lambda_memory, SHARE_REQUESTS[sizes], args.runs, results, placement)
     if not args.skip_cold_start:
         _progress("cold start")
-        measure_cold_start(packages, args.runs, results, placement)
+        measure_cold_start(packages, args.lambda_memory, args.runs, results, placement)
     where = (
         "app, upstream and client on cores " + ", ".join(str(sorted(core)) for core in placement)
         if placement is not None
         else "one core shared by app, upstream and client"
     )
-    print(f"{args.runs} run(s){', quick sizes' if args.quick else ''}; {where}.\n")
-    print(table(rows(sizes, not args.skip_cold_start), results))
+    print(f"{args.runs} run(s){', quick sizes' if args.quick else ''}; {where}.")
+    print(f"Load average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.")
+    print(f"{cpu_share.describe()}.\n")
+    print(table(rows(sizes, not args.skip_cold_start, args.lambda_memory), results))
     return 0

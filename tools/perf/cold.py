@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.harness.lambda_events import CONTEXT_SOURCE, rest_event
 from tests.harness.processes import ROOT
 from tools.lambda_python import python313
 from tools.perf.client import PerfError
+from tools.perf.cpu_share import Share
 from tools.perf.stream import BENCH_ENV
 
 FUNCTION = ROOT / "functions" / "chat"
@@ -140,17 +142,31 @@ FIRST_ANSWER = "import json, sys\nfrom {module} import handler\n{context}\n"
 FIRST_ANSWER += "print(json.dumps(handler(json.loads(sys.argv[1]), context)), flush=True)\n"
 
 
-def first_answer_ms(package: Package, package_dir: Path, base_url: str, core: set[int] | None) -> float:
-    """Milliseconds from spawning python3.13 to the handler returning a complete SSE answer."""
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def first_answer_ms(
+    package: Package, package_dir: Path, base_url: str, core: set[int] | None, share: Share | None = None
+) -> float:
+    """Milliseconds from spawning python3.13 to the handler returning a complete SSE answer,
+    with the process limited to Lambda's CPU `share` of a memory size if given."""
     command = [
         str(python313()),
         "-c",
         FIRST_ANSWER.format(module=package.module, context=CONTEXT_SOURCE),
         json.dumps(rest_event({"message": "hi"})),
     ]
+    cpu = _children_cpu_seconds()
     started = time.perf_counter()
     process = subprocess.Popen(
-        command, cwd=package_dir, env=_env(package_dir, base_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command,
+        cwd=package_dir,
+        env=_env(package_dir, base_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=None if share is None else share.join,  # one file write before exec: the child starts limited
     )
     if core is not None:
         os.sched_setaffinity(process.pid, core)
@@ -164,7 +180,9 @@ def first_answer_ms(package: Package, package_dir: Path, base_url: str, core: se
         raise PerfError(f"the {package.name} handler gave no answer:\n{stderr.decode()[-2000:]}") from None
     if response.get("statusCode") != 200 or "data:[DONE]" not in response.get("body", ""):
         raise PerfError(f"the {package.name} handler answered {str(response)[:500]}")
-    return elapsed
+    if share is None:
+        return elapsed
+    return share.wall_seconds(elapsed / 1000, _children_cpu_seconds() - cpu) * 1000
 
 
 def zipped_mb(package_dir: Path) -> float:

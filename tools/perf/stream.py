@@ -25,6 +25,7 @@ from tests.harness.app_process import AppProcess, app_env
 from tests.harness.ports import free_port
 from tests.harness.processes import ChildProcess, wait_for_port
 from tools.perf.client import STREAM_PATH, PerfError, http_client
+from tools.perf.cpu_share import Share
 
 SERVICE = "chat.handler:app"
 BASELINE = "tools.perf.baseline:app"
@@ -214,3 +215,25 @@ def measure(app: str, sizes: Sizes, placement: Placement) -> dict[str, float]:
         os.sched_setaffinity(0, client_core)
     with upstream(upstream_core) as base_url, AppProcess(app_env(base_url, **BENCH_ENV), app=app, core=app_core) as p:
         return asyncio.run(_measure(p, base_url, sizes))
+
+
+async def _added_under_share(app: AppProcess, base_url: str, share: Share, requests: int) -> float:
+    direct = Target(f"{base_url}/chat/completions", direct=True)
+    through_app = Target(f"{app.url}{STREAM_PATH}", direct=False)
+    async with http_client() as client:
+        for target in (direct, through_app):
+            for _ in range(5):
+                await first_event_seconds(client, target)
+        await settled(app)
+        added, _, cpu = await added_first_event(client, direct, through_app, app, 1, requests)
+    return share.wall_seconds(added, cpu) * 1000
+
+
+def added_under_share(app: str, base_url: str, share: Share, requests: int, placement: Placement) -> float:
+    """Milliseconds the app adds to the first event at one stream (median), its process held to `share`."""
+    app_core, _, client_core = placement if placement is not None else (None, None, None)
+    if client_core is not None:
+        os.sched_setaffinity(0, client_core)
+    with AppProcess(app_env(base_url, **BENCH_ENV), app=app, core=app_core) as process:
+        share.add(process.pid)
+        return asyncio.run(_added_under_share(process, base_url, share, requests))

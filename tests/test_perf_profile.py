@@ -1,0 +1,62 @@
+"""The profile command's attribution of py-spy samples to layers (`python -m tools.perf profile`).
+
+The stacks are py-spy's raw format as it records them from the app; the command itself
+needs ptrace rights over the app's process, so it is run by hand, not here.
+"""
+
+from __future__ import annotations
+
+from tools.perf.profile import OTHER, layer_of, profile_table, shares
+
+SITE = "/repo/.venv/lib/python3.11/site-packages"
+STDLIB = "/usr/lib/python3.11"
+ROOT = [
+    f"run ({SITE}/uvicorn/main.py:632)",
+    f"Runner.run ({STDLIB}/asyncio/runners.py:118)",
+]
+RESPOND = [*ROOT, "ChatStream._respond (/repo/functions/chat/chat/relay.py:139)"]
+
+
+def test_a_frame_of_a_library_counts_for_the_layer_that_called_it() -> None:
+    h11_under_httpcore = [
+        *RESPOND,
+        "Upstream._create (/repo/functions/chat/chat/upstream.py:247)",
+        f"AsyncAPIClient.post ({SITE}/openai/_base_client.py:2085)",
+        f"AsyncHTTP11Connection.handle_async_request ({SITE}/httpcore2/_async/http11.py:79)",
+        f"validate ({SITE}/h11/_util.py:92)",
+    ]
+    assert layer_of(h11_under_httpcore) == "HTTP client (httpx2, httpcore2, anyio, h11)"
+    json_under_parser = [
+        *ROOT,
+        "chat_stream (/repo/functions/chat/chat/app.py:160)",
+        "parse_chat_request (/repo/functions/chat/chat/chat_request.py:40)",
+        f"JSONDecoder.decode ({STDLIB}/json/decoder.py:337)",
+    ]
+    assert layer_of(json_under_parser) == "body parsing"
+
+
+def test_named_functions_win_over_their_file() -> None:
+    assert layer_of([*ROOT, "_Watchdog.run (/repo/functions/chat/chat/relay.py:60)"]).startswith("tasks")
+    assert layer_of([*RESPOND, "ChatStream._relay (/repo/functions/chat/chat/relay.py:173)"]).startswith("relay")
+    assert layer_of([*ROOT, "_BearerToken.rejection (/repo/functions/chat/chat/app.py:90)"]) == "auth"
+
+
+def test_uvloop_itself_is_the_event_loop_and_a_torn_stack_is_other() -> None:
+    assert layer_of(ROOT) == "event loop (uvloop, asyncio)"
+    assert layer_of([f"Event.wait ({STDLIB}/asyncio/locks.py:213)"]) == OTHER
+
+
+def test_shares_split_the_measured_cpu_by_samples() -> None:
+    raw = [
+        ";".join(ROOT) + " 3",
+        ";".join([*ROOT, f"RequestResponseCycle.send ({SITE}/uvicorn/protocols/http/httptools_impl.py:480)"]) + " 1",
+    ]
+    counts, total = shares(raw)
+    assert total == 4
+    lines = profile_table(0.002, counts, total).splitlines()[2:]
+    rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in lines)}
+    assert rows == {
+        "uvicorn (HTTP server)": ["25.0", "0.500"],
+        "event loop (uvloop, asyncio)": ["75.0", "1.500"],
+        "total (CPU per request from /proc)": ["100.0", "2.000"],
+    }

@@ -5,7 +5,7 @@ VENV := .venv
 SAM_VENV := .venv-sam
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: run test lint typecheck unit chromium bench load clean
+.PHONY: run test lint typecheck unit chromium bench load clean keys
 
 $(VENV)/.installed: requirements.txt constraints.txt functions/chat/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(SAM_VENV)/.installed: tests/requirements-sam.txt tests/constraints-sam.txt
 ## Serve the API on http://127.0.0.1:8080 (offline demo model when no key is configured).
 run: $(VENV)/.installed
 	$(VENV)/bin/python -m tools.serve
+
+## API keys on the store CHAT_STORE_URL names: make keys ARGS="create alice --tokens-per-day 20000"
+keys: $(VENV)/.installed
+	$(VENV)/bin/python -m tools.keys $(ARGS)
 
 ## Everything CI runs: lint, types, the whole test suite.
 test: lint typecheck unit

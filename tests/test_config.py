@@ -42,6 +42,12 @@ SETTINGS: dict[str, tuple[str, str, object]] = {
     "stop_poll_seconds": ("CHAT_STOP_POLL_SECONDS", "0.05", 0.05),
     "answer_lock_seconds": ("CHAT_ANSWER_LOCK_SECONDS", "60", 60.0),
     "history_token_budget": ("CHAT_HISTORY_TOKEN_BUDGET", "4000", 4000),
+    "auth": ("CHAT_AUTH", " Keys ", "keys"),
+    "key_cache_seconds": ("CHAT_KEY_CACHE_SECONDS", "5", 5.0),
+    "budget_tokens_per_day": ("CHAT_BUDGET_TOKENS_PER_DAY", "100000", 100000),
+    "budget_tokens_per_month": ("CHAT_BUDGET_TOKENS_PER_MONTH", "2000000", 2000000),
+    "deployment_tokens_per_day": ("CHAT_DEPLOYMENT_TOKENS_PER_DAY", "5000000", 5000000),
+    "reserve_completion_tokens": ("CHAT_RESERVE_COMPLETION_TOKENS", "1024", 1024),
 }
 
 # Values no setting of the kind may take; each must be refused with the variable's name.
@@ -91,6 +97,8 @@ def test_a_fraction_is_refused_where_a_whole_number_is_needed(field: str) -> Non
         ("OPENAI_IDLE_TIMEOUT", "0"),
         ("CHAT_STOP_POLL_SECONDS", "0.01"),
         ("CHAT_HISTORY_TOKEN_BUDGET", "8"),
+        ("CHAT_BUDGET_TOKENS_PER_DAY", "0"),
+        ("CHAT_RESERVE_COMPLETION_TOKENS", "0"),
     ],
 )
 def test_values_below_a_minimum_are_refused(variable: str, raw: str) -> None:
@@ -102,6 +110,12 @@ def test_values_below_a_minimum_are_refused(variable: str, raw: str) -> None:
 def test_a_flag_takes_only_true_or_false(raw: str) -> None:
     with pytest.raises(ConfigError, match="OPENAI_STREAM_USAGE must be true or false"):
         Settings.from_env({"OPENAI_STREAM_USAGE": raw})
+
+
+@pytest.mark.parametrize("raw", ["token", "IAM_ROLE", "open"])
+def test_chat_auth_takes_only_its_three_modes(raw: str) -> None:
+    with pytest.raises(ConfigError, match="CHAT_AUTH must be one of none, keys, iam"):
+        Settings.from_env({"CHAT_AUTH": raw})
 
 
 def test_the_api_key_stays_out_of_the_settings_repr() -> None:

@@ -14,12 +14,15 @@ import secrets
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import httpx
 import pytest
 from moto.server import ThreadedMotoServer
 
+from chat.keys import key_hash, new_key
+from chat.ledger import KeyRecord, open_ledger
 from tests.harness.app_process import AWS_TEST_ENV, AppProcess, app_env
 from tests.harness.fake_openai import Delta, FakeOpenAI, Raw, Reply, Reset, Stall, Truncate, deltas, openai_error
 from tests.harness.ports import free_ports
@@ -29,6 +32,8 @@ KEY = "sk-proj-" + "".join(secrets.choice(ALPHABET) for _ in range(48))
 TOKEN = "".join(secrets.choice(ALPHABET) for _ in range(40))
 WRONG_TOKEN = "".join(secrets.choice(ALPHABET) for _ in range(40))
 MASKED_KEY = f"{KEY[:8]}{'*' * 20}{KEY[-4:]}"
+# Named API keys (CHAT_AUTH=keys), as chat.keys.new_key makes them, and what the store keeps of them.
+API_KEY, WRONG_API_KEY, DISABLED_API_KEY = (new_key() for _ in range(3))
 
 
 def fragments(secret: str) -> list[str]:
@@ -43,6 +48,15 @@ SECRET_FRAGMENTS = {
     "API key": [piece for piece in fragments(KEY) if piece not in ("sk-pro", "k-proj", "-proj-")],
     "bearer token": fragments(TOKEN),
     "wrong bearer token": fragments(WRONG_TOKEN),
+    **{
+        f"{label}{what}": fragments(value.removeprefix("csk_") if what == "" else key_hash(value))
+        for label, value in (
+            ("API key", API_KEY),
+            ("wrong API key", WRONG_API_KEY),
+            ("disabled API key", DISABLED_API_KEY),
+        )
+        for what in ("", " hash")
+    },
 }
 
 
@@ -58,6 +72,8 @@ class Case:
     steps: list[object] | None  # upstream script, or None for the default answer
     authorization: str | None = f"Bearer {TOKEN}"
     down: bool = False  # ask the service whose Secrets Manager is unreachable
+    keys: bool = False  # ask the service with named API keys (CHAT_AUTH=keys)
+    path: str = "/api/chat/stream"
 
 
 CASES = [
@@ -80,6 +96,12 @@ CASES = [
     Case("wrong bearer token", None, authorization=f"Bearer {WRONG_TOKEN}"),
     Case("no bearer token", None, authorization=None),
     Case("Secrets Manager down", None, down=True),
+    Case("named API key", list(deltas("fine")), authorization=f"Bearer {API_KEY}", keys=True),
+    Case("named API key's usage", None, authorization=f"Bearer {API_KEY}", keys=True, path="/api/usage"),
+    Case("unknown API key", None, authorization=f"Bearer {WRONG_API_KEY}", keys=True),
+    Case("disabled API key", None, authorization=f"Bearer {DISABLED_API_KEY}", keys=True),
+    Case("API key in the wrong scheme", None, authorization=f"Basic {API_KEY}", keys=True),
+    Case("stack token as the default key", list(deltas("fine")), keys=True),
 ]
 
 
@@ -101,6 +123,7 @@ def debug_env(fake: FakeOpenAI, endpoint: str) -> dict[str, str]:
         fake.base_url,
         **AWS_TEST_ENV,
         AWS_ENDPOINT_URL_SECRETS_MANAGER=endpoint,
+        CHAT_STORE_URL="none",
         OPENAI_API_KEY="",
         OPENAI_API_KEY_SECRET_ID="leak/openai",
         CHAT_AUTH_TOKEN_SECRET_ID="leak/token",
@@ -113,15 +136,30 @@ def debug_env(fake: FakeOpenAI, endpoint: str) -> dict[str, str]:
     )
 
 
-def ask(url: str, message: str, authorization: str | None) -> Outcome:
-    headers = {} if authorization is None else {"authorization": authorization}
-    response = httpx.post(f"{url}/api/chat/stream", json={"message": message}, headers=headers, timeout=30)
+def ask(url: str, message: str, case: Case) -> Outcome:
+    headers = {} if case.authorization is None else {"authorization": case.authorization}
+    if case.path == "/api/usage":
+        response = httpx.get(f"{url}{case.path}", headers=headers, timeout=30)
+    else:
+        response = httpx.post(f"{url}{case.path}", json={"message": message}, headers=headers, timeout=30)
     return Outcome(response.status_code, str(list(response.headers.multi_items())), response.text)
 
 
+def keys_store(folder: Path) -> str:
+    """A SQLite store holding the named keys (the tool's own path: a record with the key's hash)."""
+    url = f"sqlite:///{folder / 'keys.sqlite3'}"
+    ledger = open_ledger(url)
+    assert ledger is not None
+    ledger.create_key(KeyRecord("leaky", key_hash(API_KEY), "2026-01-01T00:00:00Z"))
+    ledger.create_key(KeyRecord("off", key_hash(DISABLED_API_KEY), "2026-01-01T00:00:00Z", disabled=True))
+    ledger.close()
+    return url
+
+
 @pytest.fixture(scope="module")
-def run() -> Iterator[Run]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """Every case once against a service logging at DEBUG; the outcomes and everything it logged."""
+    folder = tmp_path_factory.mktemp("leak")
     moto_port, closed_port = free_ports(2)
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     moto.start()
@@ -139,15 +177,18 @@ def run() -> Iterator[Run]:
     try:
         with FakeOpenAI() as fake:
             fake.api_keys = {KEY}
+            keys_env = {**debug_env(fake, endpoint), "CHAT_AUTH": "keys", "CHAT_STORE_URL": keys_store(folder)}
             up = AppProcess(debug_env(fake, endpoint), debug_logs=True)
             down = AppProcess(debug_env(fake, f"http://127.0.0.1:{closed_port}"), debug_logs=True)
-            with up, down:
+            keyed = AppProcess(keys_env, debug_logs=True)
+            with up, down, keyed:
                 for number, case in enumerate(CASES):
                     message = f"case-{number}"
                     if case.steps is not None:
                         fake.script(message, case.steps)  # type: ignore[arg-type]
-                    outcomes[case.name] = ask((down if case.down else up).url, message, case.authorization)
-            yield Run(outcomes, up.output + "\n" + down.output)
+                    service = down if case.down else keyed if case.keys else up
+                    outcomes[case.name] = ask(service.url, message, case)
+            yield Run(outcomes, "\n".join((up.output, down.output, keyed.output)))
     finally:
         moto.stop()
 
@@ -157,6 +198,11 @@ def test_the_cases_really_ran_at_debug(run: Run) -> None:
     assert run.outcomes["upstream 401 quoting the key"].status == 502
     assert run.outcomes["wrong bearer token"].status == 401
     assert run.outcomes["Secrets Manager down"].status == 503
+    assert run.outcomes["named API key"].status == 200
+    assert run.outcomes["named API key's usage"].status == 200
+    assert run.outcomes["stack token as the default key"].status == 200
+    for refused in ("unknown API key", "disabled API key", "API key in the wrong scheme"):
+        assert run.outcomes[refused].status == 401
     loggers = {record.split(":", 2)[1] for record in records(run) if record.startswith("DEBUG:")}
     assert "openai._base_client" in loggers
     assert "botocore.parsers" not in loggers  # capped at INFO by the service: its wire log prints secret values

@@ -53,6 +53,13 @@ class UsageChunk:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Send nothing more until the test sets `release` (an answer held open at will)."""
+
+    release: threading.Event
+
+
+@dataclass(frozen=True)
 class Sleep:
     seconds: float
 
@@ -94,7 +101,7 @@ class HeaderDelay:
     seconds: float
 
 
-Step = Delta | UsageChunk | Raw | Sleep | Done | Reset | Truncate | Stall | Reply | HeaderDelay
+Step = Delta | UsageChunk | Raw | Hold | Sleep | Done | Reset | Truncate | Stall | Reply | HeaderDelay
 
 
 def openai_error(status: int, message: str, kind: str = "invalid_request_error") -> Reply:
@@ -378,6 +385,9 @@ class FakeOpenAI(ThreadedServer):
                 return False
             elif isinstance(step, Sleep):
                 await self._sleep(step.seconds, record)
+            elif isinstance(step, Hold):
+                while not step.release.is_set():
+                    await self._sleep(0.01, record)
             else:
                 if not started:
                     writer.write(

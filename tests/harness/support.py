@@ -31,6 +31,7 @@ def settings_for(fake: FakeOpenAI, **overrides: object) -> Settings:
         "first_token_timeout": 3.0,
         "idle_timeout": 1.0,
         "heartbeat_seconds": 15.0,
+        "store_url": "none",  # stateless unless a test gives it a store
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -6,7 +6,9 @@ itself is handed to `relay.ChatStream` once the request is known to be valid.
 
 from __future__ import annotations
 
-import hmac
+import datetime
+import json
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from starlette.datastructures import Headers
@@ -14,18 +16,22 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from .caller import caller_identity
-from .chat_request import BadRequest, parse_chat_request
-from .config import Settings
+from .auth import Authenticator, Caller, Rejected
+from .budgets import Budgets, OverBudget, Reservation, utc_now
+from .chat_request import BadRequest, ChatRequest, parse_chat_request
+from .config import ConfigError, Settings
 from .conversation import start_turn
 from .conversation_api import add_conversation_routes
 from .headers import SECURITY_HEADERS_TEXT, SecurityHeaders
+from .keys import KeyLookup
+from .ledger import LedgerUnavailable, open_ledger
 from .observability import logger
 from .page import add_page_routes
 from .relay import ChatStream, error_response
-from .secrets import SecretSource, SecretUnavailable
+from .secrets import SecretSource
 from .store import StoreError, open_store
 from .upstream import Upstream
+from .usage import Usage, estimate_messages
 
 _CHAT_OPENAPI = {
     "requestBody": {
@@ -82,11 +88,11 @@ _CHAT_OPENAPI = {
             }
             for status, description in [
                 (400, "Invalid request body"),
-                (401, "Missing or wrong bearer token"),
+                (401, "Missing or unknown API key or bearer token (WWW-Authenticate: Bearer)"),
                 (404, "Unknown conversation_id (or someone else's)"),
                 (409, "An answer is already in progress in this conversation"),
                 (413, "Request body too large"),
-                (429, "The model is rate limited (Retry-After when it said)"),
+                (429, "A token budget is used up, or the model is rate limited (Retry-After)"),
                 (502, "The model refused or failed"),
                 (503, "A secret could not be read, or the conversation store failed"),
                 (504, "The model did not answer in time"),
@@ -96,27 +102,43 @@ _CHAT_OPENAPI = {
 }
 
 
+_WINDOW_SCHEMA = {
+    "type": "object",
+    "required": ["used", "limit", "remaining", "resets_at"],
+    "properties": {
+        "used": {"type": "integer", "description": "Tokens counted in this UTC window."},
+        "limit": {"type": ["integer", "null"], "description": "The budget; null when there is none."},
+        "remaining": {"type": ["integer", "null"]},
+        "resets_at": {"type": "string", "format": "date-time"},
+    },
+}
+_USAGE_OPENAPI: dict[int | str, dict[str, object]] = {
+    200: {
+        "description": "The caller's token usage this UTC day and month.",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"day": _WINDOW_SCHEMA, "month": _WINDOW_SCHEMA}}
+            }
+        },
+    },
+    **{
+        status: {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for status, description in [
+            (401, "Missing or unknown API key"),
+            (404, "No store: usage is not recorded (CHAT_STORE_URL=none)"),
+            (503, "The store cannot be read now"),
+        ]
+    },
+}
+
+
 _HEALTHZ_OPENAPI = {
     "description": "The service is up.",
     "content": {"application/json": {"schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}},
 }
-
-
-class _BearerToken:
-    """Checks `Authorization: Bearer <token>` against a secret, in constant time."""
-
-    def __init__(self, token: SecretSource) -> None:
-        self._token = token
-
-    async def rejection(self, request: Request) -> Response | None:
-        try:
-            expected = (await self._token.get()).encode()
-        except SecretUnavailable as error:
-            return error_response(503, str(error))
-        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), expected):
-            return None
-        return error_response(401, "Missing or invalid bearer token.", {"www-authenticate": "Bearer"})
 
 
 class JSONRefusalCORS(CORSMiddleware):
@@ -144,7 +166,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime.datetime] = utc_now) -> FastAPI:
+    """The app; `clock` (UTC now) decides budget windows, and tests move it to cross a window's end."""
     settings = settings or Settings.from_env()
     api_key = SecretSource(
         value=settings.openai_api_key,
@@ -154,8 +177,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     upstream = Upstream(settings, api_key)
     token = SecretSource(secret_id=settings.auth_token_secret_id, json_field="token", ttl=settings.secret_cache_seconds)
-    auth = _BearerToken(token) if token.configured else None
     store = open_store(settings.store_url)
+    ledger = open_ledger(settings.store_url)
+    if ledger is None and settings.auth == "keys":
+        raise ConfigError("CHAT_AUTH=keys needs a store for the keys: set CHAT_STORE_URL")
+    auth = Authenticator(settings, token, KeyLookup(ledger, settings.key_cache_seconds) if ledger else None)
+    budgets = Budgets(ledger, settings.deployment_tokens_per_day, clock) if ledger else None
+    completion_reserve = settings.openai_max_tokens or settings.reserve_completion_tokens
 
     app = FastAPI(
         title="chat-stream",
@@ -169,17 +197,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.upstream = upstream
     app.state.store = store
+    app.state.ledger = ledger
 
-    async def authenticate(request: Request) -> Response | None:
-        return None if auth is None else await auth.rejection(request)
+    async def identify(request: Request) -> Caller | Response:
+        """The verified caller, or the 401/503 JSON error refusing the request."""
+        try:
+            return await auth.caller(request)
+        except Rejected as rejection:
+            return error_response(rejection.status, rejection.message, rejection.headers)
+
+    async def owner(request: Request) -> str | Response:
+        caller = await identify(request)
+        return caller if isinstance(caller, Response) else caller.name
+
+    async def reserve(caller: Caller, chat: ChatRequest) -> Reservation | Response | None:
+        """Reserve the request's estimated maximum on the caller's budgets, or the 429/503 refusing it."""
+        if budgets is None:
+            return None
+        estimate = estimate_messages(chat.openai_messages()) + completion_reserve
+        try:
+            return await budgets.reserve(caller.name, caller.limits, estimate)
+        except OverBudget as refusal:
+            return error_response(429, refusal.message, {"retry-after": str(refusal.retry_after)})
+        except LedgerUnavailable:
+            return error_response(503, "Token budgets cannot be checked now; try again later.")
+
+    def settlement(reservation: Reservation | None) -> Callable[[Usage], Awaitable[None]] | None:
+        if budgets is None or reservation is None:
+            return None
+
+        async def settle(usage: Usage) -> None:
+            try:
+                await budgets.settle(reservation, usage.total_tokens)
+            except LedgerUnavailable:
+                # The reservation stays counted: the caller is over-charged, never under.
+                logger.warning("usage counters could not be reconciled", reserved=reservation.amount)
+
+        return settle
 
     @app.post("/api/chat/stream", status_code=200, response_class=ChatStream, openapi_extra=_CHAT_OPENAPI)
     async def chat_stream(request: Request) -> Response:
         """Stream the model's answer to `message`, with `history` as earlier turns, or in a stored conversation."""
-        rejection = await authenticate(request)
-        if rejection is not None:
-            return rejection
-        caller = caller_identity(request.scope, token_auth=auth is not None)
+        caller = await identify(request)
+        if isinstance(caller, Response):
+            return caller
         turn = None
         try:
             body = await _read_body(request, settings.max_body_bytes)
@@ -187,12 +248,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 body, max_history_turns=settings.max_history_turns, conversations=store is not None
             )
             if store is not None and chat.stored:
-                chat, turn = await start_turn(store, settings, caller, chat)
+                chat, turn = await start_turn(store, settings, caller.name, chat)
         except BadRequest as error:
             return error_response(error.status, error.message)
         except StoreError as error:
             return error_response(503, str(error))
-        return ChatStream(chat, upstream, settings, caller, turn)
+        reservation = await reserve(caller, chat)  # over the whole prompt, stored turns included
+        if isinstance(reservation, Response):
+            return reservation
+        return ChatStream(chat, upstream, settings, caller.name, turn, settlement(reservation))
+
+    @app.get("/api/usage", response_model=None, responses=_USAGE_OPENAPI)
+    async def usage(request: Request) -> Response:
+        """The caller's tokens used, budget and reset time, for this UTC day and month."""
+        caller = await identify(request)
+        if isinstance(caller, Response):
+            return caller
+        if budgets is None:
+            return error_response(404, "Usage is not recorded: this deployment has no store (CHAT_STORE_URL=none).")
+        try:
+            report = await budgets.report(caller.name, caller.limits)
+        except LedgerUnavailable:
+            return error_response(503, "Usage cannot be read now; try again later.")
+        return Response(json.dumps(report, separators=(",", ":")).encode(), media_type="application/json")
 
     # A plain response, not a return-type model: FastAPI would build a pydantic field for the
     # model at import (and import pydantic.v1 to check its kind), ~25 ms of every cold start.
@@ -203,7 +281,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     add_page_routes(app)
     if store is not None:
-        add_conversation_routes(app, store, authenticate, token_auth=auth is not None)
+        add_conversation_routes(app, store, owner)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:

@@ -60,6 +60,16 @@ def _optional_whole(env: Mapping[str, str], name: str) -> int | None:
     return _whole(env, name, 0, minimum=1) if env.get(name, "").strip() else None
 
 
+AUTH_MODES = ("none", "keys", "iam")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = _text(env, name, default).lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {env[name]!r}")
+    return value
+
+
 def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
@@ -94,6 +104,13 @@ class Settings:
     stop_poll_seconds: float = 0.5
     answer_lock_seconds: float = 900.0
     history_token_budget: int = 16000
+    # Callers and budgets (usage counters live in the same store).
+    auth: str = "none"
+    key_cache_seconds: float = 30.0
+    budget_tokens_per_day: int | None = None
+    budget_tokens_per_month: int | None = None
+    deployment_tokens_per_day: int | None = None
+    reserve_completion_tokens: int = 4096
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -121,4 +138,12 @@ class Settings:
             stop_poll_seconds=_number(env, "CHAT_STOP_POLL_SECONDS", cls.stop_poll_seconds, minimum=0.05),
             answer_lock_seconds=_number(env, "CHAT_ANSWER_LOCK_SECONDS", cls.answer_lock_seconds, minimum=1),
             history_token_budget=_whole(env, "CHAT_HISTORY_TOKEN_BUDGET", cls.history_token_budget, minimum=16),
+            auth=_choice(env, "CHAT_AUTH", AUTH_MODES, cls.auth),
+            key_cache_seconds=_number(env, "CHAT_KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            budget_tokens_per_day=_optional_whole(env, "CHAT_BUDGET_TOKENS_PER_DAY"),
+            budget_tokens_per_month=_optional_whole(env, "CHAT_BUDGET_TOKENS_PER_MONTH"),
+            deployment_tokens_per_day=_optional_whole(env, "CHAT_DEPLOYMENT_TOKENS_PER_DAY"),
+            reserve_completion_tokens=_whole(
+                env, "CHAT_RESERVE_COMPLETION_TOKENS", cls.reserve_completion_tokens, minimum=1
+            ),
         )

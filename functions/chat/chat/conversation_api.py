@@ -15,14 +15,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from .caller import caller_identity
 from .conversation import NOT_FOUND
 from .relay import error_response
 from .store.base import BadCursor, ConversationSummary, Store, StoreError, valid_id
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
-Authenticate = Callable[[Request], Awaitable[Response | None]]
+Identify = Callable[[Request], Awaitable[str | Response]]
+"""The verified caller's identity (`auth.Authenticator`), or the error response refusing the request."""
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -97,12 +97,8 @@ _ID_PARAMETER = {
 }
 
 
-def add_conversation_routes(app: FastAPI, store: Store, authenticate: Authenticate, token_auth: bool) -> None:
+def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> None:
     """Register the routes (only when a store is configured: with none they answer 404)."""
-
-    async def caller(request: Request) -> str | Response:
-        rejection = await authenticate(request)
-        return rejection if rejection is not None else caller_identity(request.scope, token_auth=token_auth)
 
     @app.get(
         "/api/conversations",

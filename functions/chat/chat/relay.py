@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -103,7 +103,9 @@ class ChatStream(Response):
         settings: Settings,
         caller: str,
         turn: ConversationTurn | None = None,
+        on_end: Callable[[Usage], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_end` gets the request's usage once, before the stream's last event (budget reconciliation)."""
         self.chat = chat
         self.turn = turn
         self.upstream = upstream
@@ -112,6 +114,8 @@ class ChatStream(Response):
         self.background = None
         self.stream: OpenStream | None = None
         self.completion_estimate = 0
+        self.on_end = on_end
+        self.settled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -128,9 +132,19 @@ class ChatStream(Response):
                 await relay
             if self.turn is not None:  # a no-op when the relay already stored the answer
                 await self.turn.finish("disconnected" if self.outcome.client_disconnected else "error")
+            await self._settle()
             self.outcome.duration_seconds = time.perf_counter() - started
-            self.outcome.usage = self.usage()
             observability.record(self.outcome)
+
+    async def _settle(self) -> None:
+        """Once per request, before its last event or error body: fix its usage and hand it to `on_end`,
+        so a client that reads the end and then asks for its usage sees the counters reconciled."""
+        if self.settled:
+            return
+        self.settled = True
+        self.outcome.usage = self.usage()
+        if self.on_end is not None:
+            await self.on_end(self.outcome.usage)
 
     def usage(self) -> Usage:
         """The tokens this request used: as the upstream reported them, else estimated from what was relayed."""
@@ -208,6 +222,7 @@ class ChatStream(Response):
         self, send: Send, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()
     ) -> None:
         self.outcome.status = status
+        await self._settle()
         headers = [(b"content-type", b"application/json"), *extra]
         if self.turn is not None:
             headers.append(self.turn.header)
@@ -289,6 +304,7 @@ class ChatStream(Response):
 
     async def _end(self, send: Send, status: str, failure_message: str, kind: str | None, trailers: bool) -> None:
         """The stream's last event, after the answer is stored and the conversation released."""
+        await self._settle()
         if self.turn is not None and not await self.turn.finish(status) and kind is None:
             kind, failure_message = "store", "The answer could not be saved in the conversation."
         self.outcome.error_kind = kind

@@ -15,6 +15,7 @@ from build_package import cold_path_modules
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import TaggedScalar
 
+from chat.config import Settings
 from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.sam_cli import ROOT, build_env, python313, sam_tool
 from tools import cold_path
@@ -211,3 +212,18 @@ def test_tracebacks_from_the_package_name_lambda_paths(x86_64_twin: Path) -> Non
     """Sourceless bytecode carries the path it was compiled under: it must be /var/task, not the build dir."""
     probe = "import mangum.adapter as m; print(m.Mangum.__call__.__code__.co_filename)"
     assert run_in(x86_64_twin, probe) == "/var/task/mangum/adapter.py"
+
+
+@pytest.mark.parametrize(("auth_mode", "chat_auth"), [("TOKEN", "keys"), ("AWS_IAM", "iam")])
+def test_the_auth_mode_chooses_how_callers_are_identified(auth_mode: str, chat_auth: str) -> None:
+    variables = Deploy(AuthMode=auth_mode).function("Environment")["Variables"]
+    assert variables["CHAT_AUTH"] == chat_auth
+    assert variables["CHAT_STORE_URL"] == {"Fn::Sub": "dynamodb://${ChatTable}"}  # the keys live in the table
+
+
+def test_a_default_deploy_has_a_deployment_wide_daily_cap_and_no_per_caller_budget() -> None:
+    variables = Deploy().function("Environment")["Variables"]
+    assert int(variables["CHAT_DEPLOYMENT_TOKENS_PER_DAY"]) > 0
+    assert variables["CHAT_BUDGET_TOKENS_PER_DAY"] == variables["CHAT_BUDGET_TOKENS_PER_MONTH"] == ""
+    plain = {name: value for name, value in variables.items() if isinstance(value, str)}
+    assert Settings.from_env(plain).budget_tokens_per_day is None  # empty = no budget, not an error

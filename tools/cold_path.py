@@ -56,6 +56,9 @@ def record(package_dir: Path, base_url: str) -> list[str]:
     search_path = f"{package_dir}{os.pathsep}{sysconfig.get_paths()['purelib']}"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": search_path, "PYTHONDONTWRITEBYTECODE": "1"}
     env.update(OPENAI_API_KEY="sk-cold-path", OPENAI_BASE_URL=base_url, POWERTOOLS_METRICS_DISABLED="true")
+    # No store: the default (SQLite under the working directory) would write into the package, which
+    # Lambda never does (the template names the DynamoDB table, whose client boto3 brings).
+    env.update(CHAT_STORE_URL="none")
     result = subprocess.run(
         # -X importtime names modules a scan of sys.modules misses (some of anyio's), and the reverse.
         [str(python313()), "-X", "importtime", "-c", PROBE, json.dumps(rest_event({"message": "hi"}))],

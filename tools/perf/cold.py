@@ -115,6 +115,7 @@ def _env(package_dir: Path, base_url: str) -> dict[str, str]:
         "PYTHONPATH": str(package_dir),
         "LAMBDA_TASK_ROOT": str(package_dir),
         "AWS_DEFAULT_REGION": "us-east-1",
+        "CHAT_STORE_URL": "none",  # not SQLite inside the package directory (Lambda's is read-only)
     }
 
 

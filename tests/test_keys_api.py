@@ -27,6 +27,7 @@ from chat.keys import key_hash
 from chat.usage import estimate_messages
 from tests.harness import dynamodb
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Hold, Reset, deltas
+from tests.harness.moto_atomic import atomic_items
 from tests.harness.support import AppServer, post_stream, settings_for, unique
 from tools import keys as keys_tool
 
@@ -38,7 +39,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
         return
     for name, value in dynamodb.TEST_CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    with mock_aws():
+    with mock_aws(), atomic_items():
         dynamodb.create_table(dynamodb.client(), "chat-keys")
         yield "dynamodb://chat-keys"
 

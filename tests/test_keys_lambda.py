@@ -19,6 +19,7 @@ from chat.usage import estimate_messages
 from tests.harness import dynamodb
 from tests.harness.fake_openai import FakeOpenAI, deltas
 from tests.harness.lambda_events import function_url_event, split_streamed
+from tests.harness.moto_atomic import atomic_items
 from tests.harness.processes import ChildProcess
 from tests.harness.runtime_api_double import RuntimeAPIDouble
 from tests.harness.runtime_process import lambda_runtime, runtime_env
@@ -47,7 +48,7 @@ def usage_event(principal: str) -> dict[str, Any]:
 
 @pytest.fixture
 def endpoint() -> Iterator[str]:
-    with dynamodb.moto_server() as url:
+    with dynamodb.moto_server() as url, atomic_items():
         dynamodb.create_table(dynamodb.client(url), "chat-lambda")
         yield url
 

@@ -16,6 +16,7 @@ from chat.keys import key_hash, new_key
 from chat.ledger import Counter, KeyExists, KeyRecord, Ledger, open_ledger
 from chat.ledger.sqlite import SQLiteLedger
 from tests.harness import dynamodb
+from tests.harness.moto_atomic import atomic_items
 
 DAY = "day:2026-11-30"
 MONTH = "month:2026-11"
@@ -43,7 +44,7 @@ def opened(
     else:
         for name, value in dynamodb.TEST_CREDENTIALS.items():
             monkeypatch.setenv(name, value)
-        with mock_aws():
+        with mock_aws(), atomic_items():
             dynamodb.create_table(dynamodb.client(), "chat-test")
             yield make("dynamodb://chat-test")
     for ledger in made:

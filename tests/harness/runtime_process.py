@@ -38,6 +38,7 @@ def runtime_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
             "OPENAI_BASE_URL": fake.base_url,
             "OPENAI_MODEL": "fake-model",
             "CHAT_FUNCTION_URL_STREAMING": "true",
+            "CHAT_STORE_URL": "none",  # stateless unless a test names a store (never SQLite in the package)
             "POWERTOOLS_METRICS_NAMESPACE": "ChatStreamTest",
             "POWERTOOLS_METRICS_DISABLED": "false",
         }

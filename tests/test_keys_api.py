@@ -295,3 +295,19 @@ def test_the_stored_hash_is_not_the_key(fake: FakeOpenAI, store_url: str, tmp_pa
     assert key_hash(key).encode() in stored
     assert key.encode() not in stored
     assert key.removeprefix("csk_")[:12].encode() not in stored
+
+
+def test_a_keys_conversations_belong_to_its_name(fake: FakeOpenAI, store_url: str) -> None:
+    settings = settings_for(fake, store_url=store_url, auth="keys")
+    alice, bob = create_key(settings, "alice"), create_key(settings, "bob")
+    with AppServer(settings) as server:
+        started = post_stream(server.url, {"message": "remember this", "store": True}, headers=bearer(alice))
+        conversation = started.headers["x-conversation-id"]
+        own = httpx.get(f"{server.url}/api/conversations/{conversation}", headers=bearer(alice), timeout=10)
+        foreign = httpx.get(f"{server.url}/api/conversations/{conversation}", headers=bearer(bob), timeout=10)
+        listed = httpx.get(f"{server.url}/api/conversations", headers=bearer(bob), timeout=10)
+        anonymous = httpx.get(f"{server.url}/api/conversations", timeout=10)
+    assert own.status_code == 200
+    assert foreign.status_code == 404
+    assert listed.json()["conversations"] == []
+    assert (anonymous.status_code, anonymous.headers["www-authenticate"]) == (401, "Bearer")

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools.perf.bench import CALLER_ROWS
+
 ROOT = Path(__file__).resolve().parent.parent
 FIGURE = re.compile(r"^-?[\d,]+(\.\d+)?( \(-?[\d,]+(\.\d+)?\N{EN DASH}-?[\d,]+(\.\d+)?\))?$")
 STREAM_ROWS = (
@@ -40,7 +42,8 @@ def test_quick_bench_prints_every_row_with_figures() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    tables = [block.splitlines() for block in result.stdout.split("\n\n") if block.startswith("|")]
+    table, callers = tables
     assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
         "Measure",
         "service: median (min\N{EN DASH}max)",
@@ -52,3 +55,11 @@ def test_quick_bench_prints_every_row_with_figures() -> None:
     for label, (figure, target, met) in cells.items():
         assert FIGURE.match(figure), f"{label}: {figure!r}"
         assert (target, met) == ("", "") or (target.startswith("≤ ") and met in ("yes", "**no**")), label
+    caller_rows = {
+        row[0]: row[1] for row in ([cell.strip() for cell in line.strip("|").split("|")] for line in callers[2:])
+    }
+    assert list(caller_rows) == [label for _, label in CALLER_ROWS] + [
+        "Key lookup + reservation, over the stateless relay"
+    ]
+    for label, figure in caller_rows.items():
+        assert FIGURE.match(figure), f"{label}: {figure!r}"

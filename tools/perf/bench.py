@@ -14,7 +14,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 
-from tools.perf import cold, cpu_share, stream
+from tools.perf import callers, cold, cpu_share, stream
 from tools.perf.stream import Placement, Sizes
 from tools.perf.table import markdown_table
 
@@ -184,6 +184,11 @@ def command(args: argparse.Namespace) -> int:
         for name, app in apps.items():
             _progress(f"run {run + 1}/{args.runs}: streaming, {name}")
             _collect(results[name], stream.measure(app, sizes, placement))
+    _progress("callers and budgets")
+    identified: Figures = {}
+    with stream.upstream(placement[1] if placement is not None else None) as base_url:
+        for _ in range(args.runs):
+            _collect(identified, callers.measure(base_url, SHARE_REQUESTS[sizes], placement))
     _progress("Lambda CPU shares")
     measure_shares(apps, args.lambda_memory, SHARE_REQUESTS[sizes], args.runs, results, placement)
     if not args.skip_cold_start:
@@ -198,4 +203,21 @@ def command(args: argparse.Namespace) -> int:
     print(f"Load average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.")
     print(f"{cpu_share.describe()}.\n")
     print(table(rows(sizes, not args.skip_cold_start, args.lambda_memory), results))
+    print(f"\nCallers and budgets, SQLite store, 1 stream, {SHARE_REQUESTS[sizes]} requests per variant and run:\n")
+    print(callers_table(identified))
     return 0
+
+
+CALLER_ROWS = [
+    ("callers_no_store", "No store (CHAT_STORE_URL=none): the stateless relay"),
+    ("callers_counted", "Store, CHAT_AUTH=none, no budget: usage counted after the answer"),
+    ("callers_keyed", "CHAT_AUTH=keys + a daily budget: key lookup (cached) and one reservation write"),
+]
+
+
+def callers_table(figures: Figures) -> str:
+    """Added time to first event per caller variant, and what keys + budget add over the stateless relay."""
+    lines = [[label, _figure(figures[key], 2)] for key, label in CALLER_ROWS]
+    extra = [keyed - plain for keyed, plain in zip(figures["callers_keyed"], figures["callers_no_store"], strict=True)]
+    lines.append(["Key lookup + reservation, over the stateless relay", _figure(extra, 2)])
+    return markdown_table(["Added time to first event, median (ms)", f"service: median (min{DASH}max)"], lines)

@@ -30,6 +30,7 @@ from .page import add_page_routes
 from .relay import ChatStream, error_response
 from .secrets import SecretSource
 from .store import StoreError, open_store
+from .store.dynamodb import DynamoDBStore
 from .upstream import Upstream
 from .usage import Usage, estimate_messages
 
@@ -178,7 +179,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     upstream = Upstream(settings, api_key)
     token = SecretSource(secret_id=settings.auth_token_secret_id, json_field="token", ttl=settings.secret_cache_seconds)
     store = open_store(settings.store_url)
-    ledger = open_ledger(settings.store_url)
+    ledger = open_ledger(settings.store_url, store.client if isinstance(store, DynamoDBStore) else None)
     if ledger is None and settings.auth == "keys":
         raise ConfigError("CHAT_AUTH=keys needs a store for the keys: set CHAT_STORE_URL")
     auth = Authenticator(settings, token, KeyLookup(ledger, settings.key_cache_seconds) if ledger else None)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, expect, sync_playwright
 
@@ -39,11 +40,24 @@ def chromium() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def site(fake: FakeOpenAI) -> Iterator[str]:
+def _site(fake: FakeOpenAI, store_url: str) -> AppServer:
     """The app with room for paced answers, and heartbeats often enough to cross the page's parser."""
-    settings = settings_for(fake, idle_timeout=10.0, first_token_timeout=10.0, heartbeat_seconds=0.25)
-    with AppServer(settings) as server:
+    return AppServer(
+        settings_for(fake, idle_timeout=10.0, first_token_timeout=10.0, heartbeat_seconds=0.25, store_url=store_url)
+    )
+
+
+@pytest.fixture(scope="module")
+def site(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service as `make run` serves it: conversations stored in SQLite."""
+    with _site(fake, f"sqlite:///{tmp_path_factory.mktemp('store') / 'chat.sqlite3'}") as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def stateless_site(fake: FakeOpenAI) -> Iterator[str]:
+    """Conversations off (`CHAT_STORE_URL=none`): the page keeps the conversation and sends `history`."""
+    with _site(fake, "none") as server:
         yield server.url
 
 
@@ -66,6 +80,14 @@ class Tab:
         return self.page.get_by_role("list", name="Conversation").get_by_role("listitem")
 
     @property
+    def stored(self) -> bool:
+        return self.page.get_attribute("html", "data-conversations") == "on"
+
+    @property
+    def conversations(self) -> Any:
+        return self.page.get_by_role("navigation", name="Conversations")
+
+    @property
     def answer(self) -> Any:
         return self.page.locator(".turn.assistant").last
 
@@ -80,14 +102,23 @@ class Tab:
     def wait_idle(self) -> None:
         expect(self.button("Send")).to_be_visible()
 
+    @property
+    def conversation_id(self) -> str:
+        return self.page.evaluate("location.hash.slice(1)")  # type: ignore[no-any-return]
+
     def conversation(self) -> list[dict[str, str]]:
+        """The conversation as it is kept: by the service (stored), or in sessionStorage."""
+        if self.stored:
+            with httpx.Client() as client:
+                body = client.get(f"{self.origin}/api/conversations/{self.conversation_id}").json()
+            return [{key: m[key] for key in ("role", "content", "status")} for m in body["messages"]]
         saved = self.page.evaluate("sessionStorage.getItem('chat-stream.conversation')")
         messages: list[dict[str, str]] = json.loads(saved)["messages"]
         return messages
 
 
 @contextlib.contextmanager
-def tab(browser: Browser, url: str, **options: Any) -> Iterator[Tab]:
+def tab(browser: Browser, url: str, fragment: str = "", **options: Any) -> Iterator[Tab]:
     """A fresh browser context on the page; on exit, no request may have gone to another origin."""
     context = browser.new_context(**options)
     page = context.new_page()
@@ -103,7 +134,7 @@ def tab(browser: Browser, url: str, **options: Any) -> Iterator[Tab]:
     page.on("console", on_console)
     page.on("request", on_request)
     try:
-        page.goto(url + "/")
+        page.goto(url + "/" + fragment)
         yield opened
         foreign = [address for address in opened.requests if not address.startswith(url + "/")]
         assert foreign == [], f"requests left for another origin: {foreign}"
@@ -113,7 +144,24 @@ def tab(browser: Browser, url: str, **options: Any) -> Iterator[Tab]:
 
 @pytest.fixture
 def chat(chromium: Browser, site: str) -> Iterator[Tab]:
+    """The page on the service that keeps conversations."""
     with tab(chromium, site) as opened:
+        expect(opened.conversations).to_be_visible()
+        yield opened
+
+
+@pytest.fixture
+def stateless_chat(chromium: Browser, stateless_site: str) -> Iterator[Tab]:
+    with tab(chromium, stateless_site) as opened:
+        yield opened
+
+
+@pytest.fixture(params=["stored", "stateless"])
+def either_chat(request: pytest.FixtureRequest, chromium: Browser, site: str, stateless_site: str) -> Iterator[Tab]:
+    """The page in both modes: conversations kept by the service, or by the tab."""
+    with tab(chromium, site if request.param == "stored" else stateless_site) as opened:
+        if request.param == "stored":
+            expect(opened.conversations).to_be_visible()
         yield opened
 
 
@@ -128,13 +176,23 @@ def paced(*words: str, pause: float = 0.05, done: bool = True) -> list[Any]:
 # ---------------------------------------------------------------- the first screen
 
 
-def test_first_screen_is_three_requests_with_named_controls(chat: Tab, site: str) -> None:
+def test_first_screen_is_three_requests_with_named_controls(stateless_chat: Tab, stateless_site: str) -> None:
+    chat = stateless_chat
     expect(chat.message).to_be_focused()
     expect(chat.button("Send")).to_be_visible()
     expect(chat.button("New chat")).to_be_visible()
     expect(chat.button("Stop")).to_have_count(0)  # hidden until an answer is being written
+    expect(chat.conversations).to_be_hidden()  # conversations are off: nothing to list
     chat.page.wait_for_load_state("networkidle")
+    site = stateless_site
     assert chat.requests == [f"{site}/", f"{site}/static/chat.css", f"{site}/static/chat.js"]
+    assert chat.errors == []
+
+
+def test_with_conversations_the_first_screen_adds_only_their_list(chat: Tab, site: str, fake: FakeOpenAI) -> None:
+    chat.page.wait_for_load_state("networkidle")
+    page_files = [f"{site}/", f"{site}/static/chat.css", f"{site}/static/chat.js"]
+    assert chat.requests == [*page_files, f"{site}/api/conversations?limit=30"]
     assert chat.errors == []
 
 
@@ -169,6 +227,39 @@ def test_the_text_arrives_exactly_through_the_pages_parser(chat: Tab, fake: Fake
     expect(chat.answer).to_contain_text("para: two [DONE] is text")
 
 
+PARSER_CASES = [
+    # (chunks as they arrive, events the HTML standard's parser dispatches)
+    (["data: a\n\n"], [["message", "a"]]),
+    (["data:  two spaces\n\n"], [["message", " two spaces"]]),  # exactly one space is dropped
+    (["event:message\ndata:x\ndata:\ndata: y\n\n"], [["message", "x\n\ny"]]),
+    (
+        ["data: cr\r\r", "data: crlf\r", "\n\r\n", "data: lf\n\n"],
+        [["message", "cr"], ["message", "crlf"], ["message", "lf"]],
+    ),
+    ([": keep-alive\n", "\n", "data", ":split\n", "\n"], [["message", "split"]]),
+    (["event: error\ndata: The model went silent.\n\n"], [["error", "The model went silent."]]),
+    (["id: 7\nretry: 10\nunknown: z\ndata\n\n"], [["message", ""]]),
+    (["event: only-a-type\n\ndata: after\n\n"], [["message", "after"]]),  # no data: nothing dispatched
+    (["data: unfinished"], []),  # an event the stream did not end is dropped
+]
+
+
+def test_the_pages_sse_parser_follows_the_html_standard(chat: Tab) -> None:
+    results = chat.page.evaluate(
+        """async cases => {
+            const { createSSEParser } = await import('./static/chat.js');
+            return cases.map(([chunks]) => {
+                const events = [];
+                const feed = createSSEParser(event => events.push([event.type, event.data]));
+                for (const chunk of chunks) feed(chunk);
+                return events;
+            });
+        }""",
+        PARSER_CASES,
+    )
+    assert results == [expected for _, expected in PARSER_CASES]
+
+
 def test_markup_in_an_answer_is_shown_and_never_run(chat: Tab, fake: FakeOpenAI, site: str) -> None:
     hostile = [
         "<img src=x onerror=\"window.__pwned='img'\">",
@@ -191,7 +282,8 @@ def test_markup_in_an_answer_is_shown_and_never_run(chat: Tab, fake: FakeOpenAI,
 # ---------------------------------------------------------------- stop
 
 
-def test_stop_ends_the_answer_and_closes_the_upstream_request(chat: Tab, fake: FakeOpenAI) -> None:
+def test_stop_ends_the_answer_and_closes_the_upstream_request(either_chat: Tab, fake: FakeOpenAI) -> None:
+    chat = either_chat
     key = fake.script(unique(), paced("Working", *[" on it"] * 100, pause=0.2))
     chat.send(key)
     expect(chat.answer).to_contain_text("Working on it")
@@ -204,12 +296,18 @@ def test_stop_ends_the_answer_and_closes_the_upstream_request(chat: Tab, fake: F
     assert partial["status"] == "stopped"
     assert partial["content"].startswith("Working on it")
     assert len(partial["content"]) < len("Working" + " on it" * 100)
+    if chat.stored:
+        # Stopped through the service too, so the answer also stops on Lambda (a closed connection is not seen there).
+        assert f"{chat.origin}/api/conversations/{chat.conversation_id}/stop" in chat.requests
+        chat.page.reload()
+        expect(chat.answer).to_contain_text("Stopped.")
 
 
 # ---------------------------------------------------------------- conversation
 
 
-def test_the_second_turn_is_answered_with_the_first_as_context(chat: Tab, fake: FakeOpenAI) -> None:
+def test_the_second_turn_is_answered_with_the_first_as_context(either_chat: Tab, fake: FakeOpenAI) -> None:
+    chat = either_chat
     first = fake.script(unique("first"), deltas("Paris is the ", "capital."))
     chat.send(first)
     chat.wait_idle()
@@ -224,7 +322,8 @@ def test_the_second_turn_is_answered_with_the_first_as_context(chat: Tab, fake: 
     ]
 
 
-def test_a_reload_keeps_the_conversation(chat: Tab, fake: FakeOpenAI) -> None:
+def test_a_reload_keeps_the_conversation(either_chat: Tab, fake: FakeOpenAI) -> None:
+    chat = either_chat
     first = fake.script(unique("before-reload"), deltas("Remembered ", "answer."))
     chat.send(first)
     chat.wait_idle()
@@ -232,6 +331,8 @@ def test_a_reload_keeps_the_conversation(chat: Tab, fake: FakeOpenAI) -> None:
     expect(chat.turns).to_have_count(2)
     expect(chat.turns.first).to_contain_text(first)
     expect(chat.answer).to_contain_text("Remembered answer.")
+    if chat.stored:
+        expect(chat.conversations.get_by_role("link", name=first)).to_have_attribute("aria-current", "page")
     after = unique("after-reload")
     chat.send(after)
     chat.wait_idle()
@@ -242,7 +343,8 @@ def test_a_reload_keeps_the_conversation(chat: Tab, fake: FakeOpenAI) -> None:
     ]
 
 
-def test_new_chat_starts_an_empty_conversation(chat: Tab, fake: FakeOpenAI) -> None:
+def test_new_chat_starts_an_empty_conversation(either_chat: Tab, fake: FakeOpenAI) -> None:
+    chat = either_chat
     chat.send(unique("old"))
     chat.wait_idle()
     chat.button("New chat").click()
@@ -252,6 +354,61 @@ def test_new_chat_starts_an_empty_conversation(chat: Tab, fake: FakeOpenAI) -> N
     chat.send(fresh)
     chat.wait_idle()
     assert fake.requests_for(fresh)[-1].json["messages"] == [{"role": "user", "content": fresh}]
+
+
+def test_the_list_opens_a_conversation_with_its_messages(chat: Tab, fake: FakeOpenAI) -> None:
+    first = fake.script(unique("topic-a"), deltas("About A."))
+    chat.send(first)
+    chat.wait_idle()
+    chat.button("New chat").click()
+    other = unique("topic-b")
+    chat.send(other)
+    chat.wait_idle()
+    chat.conversations.get_by_role("link", name=first).click()
+    expect(chat.turns).to_have_count(2)
+    expect(chat.turns.first).to_contain_text(first)
+    expect(chat.answer).to_have_text("Assistant: About A.")
+    follow_up = unique("follow-up")
+    chat.send(follow_up)
+    chat.wait_idle()
+    assert [m["content"] for m in fake.requests_for(follow_up)[-1].json["messages"]] == [  # type: ignore[attr-defined]
+        first,
+        "About A.",
+        follow_up,
+    ]
+    chat.page.go_back()  # the fragment holds the conversation: back returns to the other one
+    expect(chat.turns.first).to_contain_text(other)
+
+
+def test_on_a_phone_the_list_opens_from_its_button(chromium: Browser, site: str, fake: FakeOpenAI) -> None:
+    with tab(chromium, site, viewport={"width": 390, "height": 760}, has_touch=True) as chat:
+        first = unique("on-the-phone")
+        chat.send(first)
+        chat.wait_idle()
+        chat.button("New chat").click()
+        expect(chat.conversations).to_be_hidden()
+        toggle = chat.button("Conversations")
+        toggle.click()
+        expect(toggle).to_have_attribute("aria-expanded", "true")
+        chat.conversations.get_by_role("link", name=first).click()
+        expect(chat.turns.first).to_contain_text(first)
+        expect(chat.conversations).to_be_hidden()  # the list closes on opening a conversation
+        expect(toggle).to_have_attribute("aria-expanded", "false")
+
+
+def test_delete_removes_a_conversation_after_a_second_click(chat: Tab, fake: FakeOpenAI, site: str) -> None:
+    doomed = unique("doomed")
+    chat.send(doomed)
+    chat.wait_idle()
+    conversation_id = chat.conversation_id
+    chat.conversations.get_by_role("button", name=f"Delete {doomed}").click()
+    expect(chat.conversations.get_by_role("link", name=doomed)).to_be_visible()  # one click deletes nothing
+    chat.conversations.get_by_role("button", name=f"Confirm: delete {doomed}").click()
+    expect(chat.conversations.get_by_role("link", name=doomed)).to_have_count(0)
+    expect(chat.turns).to_have_count(0)
+    assert httpx.get(f"{site}/api/conversations/{conversation_id}").status_code == 404
+    chat.page.reload()
+    expect(chat.conversations.get_by_role("link", name=doomed)).to_have_count(0)
 
 
 # ---------------------------------------------------------------- errors
@@ -269,10 +426,16 @@ def _refused(chat: Tab, typed: str, status: int, said: str, *extra: str) -> None
         expect(chat.problem).to_contain_text(text)
     expect(chat.problem.get_by_role("button", name="Retry")).to_be_visible()
     assert chat.message.input_value() == typed, f"the typed text was lost on a {status}"
-    expect(chat.turns).to_have_count(0)
+    if chat.stored and chat.conversation_id:
+        # The service kept the user's turn before the model refused: the page shows what is stored.
+        expect(chat.turns).to_have_count(len(chat.conversation()))
+        expect(chat.turns.first).to_contain_text(typed[:100])
+    else:
+        expect(chat.turns).to_have_count(0)
 
 
-def test_400_shows_the_services_reason_and_keeps_the_text(chat: Tab, site: str) -> None:
+def test_400_shows_the_services_reason_and_keeps_the_text(stateless_chat: Tab, stateless_site: str) -> None:
+    chat, site = stateless_chat, stateless_site
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"} for i in range(51)]
     chat.page.evaluate(
         "turns => sessionStorage.setItem('chat-stream.conversation', JSON.stringify({messages: turns}))", turns
@@ -302,6 +465,7 @@ def test_429_shows_the_wait_and_keeps_the_text(chat: Tab, fake: FakeOpenAI, site
     assert status == 429
     chat.send(typed)
     _refused(chat, typed, status, said, "try again in 7 s")
+    assert chat.conversation_id, "the service kept the turn of a refused stored request: the page should show it"
 
 
 def test_5xx_shows_the_failure_and_keeps_the_text(chat: Tab, fake: FakeOpenAI, site: str) -> None:
@@ -310,6 +474,24 @@ def test_5xx_shows_the_failure_and_keeps_the_text(chat: Tab, fake: FakeOpenAI, s
     assert status >= 500
     chat.send(typed)
     _refused(chat, typed, status, said, f"HTTP {status}")
+
+
+def test_409_while_another_tab_is_answering_keeps_the_text(
+    chat: Tab, chromium: Browser, fake: FakeOpenAI, site: str
+) -> None:
+    chat.send(fake.script(unique("long"), paced("Still", *[" writing"] * 60, pause=0.1)))
+    expect(chat.answer).to_contain_text("Still writing")
+    with tab(chromium, site, fragment=f"#{chat.conversation_id}") as other:
+        expect(other.turns).to_have_count(1)  # the user's turn: the answer is stored when it ends
+        typed = "meanwhile, in another tab"
+        status, said = _json_error(site, {"message": typed, "conversation_id": chat.conversation_id})
+        assert status == 409
+        other.send(typed)
+        expect(other.problem).to_contain_text(said)
+        expect(other.problem).to_contain_text("already being written")
+        assert other.message.input_value() == typed
+    chat.button("Stop").click()
+    chat.wait_idle()
 
 
 def test_403_from_an_iam_function_url_explains_that_browsers_cannot_sign(chat: Tab, site: str) -> None:
@@ -324,7 +506,8 @@ def test_403_from_an_iam_function_url_explains_that_browsers_cannot_sign(chat: T
     _refused(chat, typed, 403, "AuthMode=AWS_IAM", "cannot sign requests", "AuthMode=TOKEN")
 
 
-def test_an_error_event_mid_answer_keeps_the_partial_text_and_retries(chat: Tab, fake: FakeOpenAI) -> None:
+def test_an_error_event_mid_answer_keeps_the_partial_text_and_retries(either_chat: Tab, fake: FakeOpenAI) -> None:
+    chat = either_chat
     typed = fake.script(unique("flaky"), [Delta("Partial answer"), Sleep(0.2), Reset()])
     chat.send(typed)
     expect(chat.problem).to_contain_text("The answer ended early: The connection to the model was lost.")
@@ -332,9 +515,12 @@ def test_an_error_event_mid_answer_keeps_the_partial_text_and_retries(chat: Tab,
     fake.script(typed, deltas("Whole answer."))
     chat.problem.get_by_role("button", name="Retry").click()
     chat.wait_idle()
-    expect(chat.turns).to_have_count(2)
+    # The tab drops the failed turn; the service keeps it (with its status) and adds the new one.
+    expect(chat.turns).to_have_count(4 if chat.stored else 2)
     expect(chat.answer).to_have_text("Assistant: Whole answer.")
     expect(chat.problem).to_have_count(0)
+    if chat.stored:
+        assert [m["status"] for m in chat.conversation()] == ["complete", "error", "complete", "complete"]
 
 
 def test_a_lost_network_is_reported_as_such_and_keeps_the_text(chat: Tab) -> None:
@@ -353,28 +539,38 @@ def test_a_lost_network_is_reported_as_such_and_keeps_the_text(chat: Tab) -> Non
 # ---------------------------------------------------------------- auth
 
 
-@pytest.fixture
-def token_site(aws: Any, fake: FakeOpenAI) -> Iterator[str]:
+@pytest.fixture(params=["stored", "stateless"])
+def token_site(request: pytest.FixtureRequest, aws: Any, fake: FakeOpenAI, tmp_path: Any) -> Iterator[tuple[str, bool]]:
     """A service whose callers need a bearer token (the token in Secrets Manager: moto, AWS itself mocked)."""
     arn = aws.create_secret(Name="chat/page-token", SecretString=TOKEN)["ARN"]
-    with AppServer(settings_for(fake, auth_token_secret_id=arn)) as server:
-        yield server.url
+    stored = request.param == "stored"
+    store_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}" if stored else "none"
+    with AppServer(settings_for(fake, auth_token_secret_id=arn, store_url=store_url)) as server:
+        yield server.url, stored
 
 
 def test_with_a_token_the_page_asks_for_a_key_once_and_keeps_it_for_the_tab(
-    chromium: Browser, token_site: str, fake: FakeOpenAI
+    chromium: Browser, token_site: tuple[str, bool], fake: FakeOpenAI
 ) -> None:
-    with tab(chromium, token_site) as chat:
-        typed = unique("authorised")
-        chat.send(typed)
+    url, stored = token_site
+    with tab(chromium, url) as chat:
         dialog = chat.page.get_by_role("dialog", name="API key")
+        typed = unique("authorised")
+        if not stored:
+            chat.send(typed)  # the first 401 comes with the first message; the text stays in the box
+            expect(dialog).to_be_visible()
+            assert chat.message.input_value() == typed
+        # With conversations, listing them on load is the first 401.
         expect(dialog).to_be_visible()
-        assert chat.message.input_value() == typed
         dialog.get_by_role("textbox", name="API key").fill("wrong-key")
         dialog.get_by_role("button", name="Use key").click()
         expect(dialog).to_contain_text("That key was not accepted")
         dialog.get_by_role("textbox", name="API key").fill(TOKEN)
         dialog.get_by_role("button", name="Use key").click()
+        expect(dialog).to_be_hidden()
+        if stored:
+            expect(chat.conversations).to_be_visible()
+            chat.send(typed)
         chat.wait_idle()
         expect(chat.answer).to_contain_text("offline demo model")
         assert fake.requests_for(typed), "the message was not sent after the key was given"
@@ -382,8 +578,8 @@ def test_with_a_token_the_page_asks_for_a_key_once_and_keeps_it_for_the_tab(
         chat.send(second)
         chat.wait_idle()
         expect(dialog).to_be_hidden()
-        stored = chat.page.evaluate("[sessionStorage.getItem('chat-stream.key'), JSON.stringify(localStorage)]")
-        assert stored == [TOKEN, "{}"]
+        stored_keys = chat.page.evaluate("[sessionStorage.getItem('chat-stream.key'), JSON.stringify(localStorage)]")
+        assert stored_keys == [TOKEN, "{}"]
         assert all(TOKEN not in address for address in chat.requests)
         assert TOKEN not in chat.page.url
 
@@ -433,8 +629,9 @@ def test_the_pages_csp_blocks_an_inline_script(chat: Tab) -> None:
 
 
 def test_screenshots_at_desktop_and_phone_widths_in_light_and_dark(
-    chromium: Browser, site: str, fake: FakeOpenAI
+    chromium: Browser, fake: FakeOpenAI, tmp_path: Any
 ) -> None:
+    """A fresh store, so the list shows only this test's conversations; screenshots in .artifacts/screenshots/."""
     answer = [
         "Here is a function that streams a file in chunks:",
         "\n\n```python\ndef chunks(path, size=4096):\n    with open(path, 'rb') as f:\n",
@@ -443,17 +640,22 @@ def test_screenshots_at_desktop_and_phone_widths_in_light_and_dark(
     ]
     question = fake.script("How do I read a big file in chunks in Python?", paced(*answer))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for width in (1280, 390, 360):
-        for scheme in ("light", "dark"):
-            with tab(chromium, site, viewport={"width": width, "height": 760}, color_scheme=scheme) as chat:
-                chat.send(question)
-                chat.wait_idle()
-                expect(chat.answer.locator("pre code")).to_contain_text("yield block")
-                overflow = chat.page.evaluate("document.documentElement.scrollWidth - innerWidth")
-                assert overflow <= 0, f"{width} px wide: the page scrolls sideways by {overflow} px"
-                if width != 360:
-                    chat.page.screenshot(path=SCREENSHOTS / f"chat-{width}-{scheme}.png")
-                assert chat.errors == []
+    with _site(fake, f"sqlite:///{tmp_path / 'chat.sqlite3'}") as server:
+        for earlier in ("Plan three days in Lisbon", "What is Server-Sent Events?"):
+            assert post_stream(server.url, {"message": earlier, "store": True}).status == 200
+        for width in (1280, 390, 360):
+            for scheme in ("light", "dark"):
+                options: dict[str, Any] = {"viewport": {"width": width, "height": 760}, "color_scheme": scheme}
+                with tab(chromium, server.url, **options) as chat:
+                    expect(chat.page.locator("#conversation-list a", has_text="Lisbon")).to_have_count(1)
+                    chat.send(question)
+                    chat.wait_idle()
+                    expect(chat.answer.locator("pre code")).to_contain_text("yield block")
+                    overflow = chat.page.evaluate("document.documentElement.scrollWidth - innerWidth")
+                    assert overflow <= 0, f"{width} px wide: the page scrolls sideways by {overflow} px"
+                    if width != 360:
+                        chat.page.screenshot(path=SCREENSHOTS / f"chat-{width}-{scheme}.png")
+                    assert chat.errors == []
 
 
 def test_the_whole_page_is_under_40_kb(chat: Tab, site: str) -> None:

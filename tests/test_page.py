@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
 from chat.headers import SECURITY_HEADERS_TEXT
 from chat.page import PAGE_CSP, STATIC_DIR
-from tests.harness.support import AppServer
+from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.support import AppServer, settings_for
 
 PAGE_FILES = {"/": "index.html", "/static/chat.css": "chat.css", "/static/chat.js": "chat.js"}
 
@@ -28,7 +30,8 @@ def test_the_page_and_its_assets_are_served_with_the_pages_own_policy(
     response = httpx.get(server.url + path)
     assert response.status_code == 200
     assert response.headers["content-type"] == media_type
-    assert response.content == (STATIC_DIR / PAGE_FILES[path]).read_bytes()
+    served = response.content.replace(b'data-conversations="on"', b'data-conversations="off"')
+    assert served == (STATIC_DIR / PAGE_FILES[path]).read_bytes()
     assert response.headers.get_list("content-security-policy") == [PAGE_CSP]
     assert "'unsafe-inline'" not in PAGE_CSP
     assert "script-src 'self';" in PAGE_CSP
@@ -80,3 +83,12 @@ def test_the_page_is_not_in_the_api_description(server: AppServer) -> None:
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
     assert "/" not in paths
     assert not any(path.startswith("/static") for path in paths)
+
+
+def test_the_page_says_whether_the_service_keeps_conversations(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """So the page's first screen needs no request to find out (and no 404 when they are off)."""
+    for store_url, expected in [("none", "off"), (f"sqlite:///{tmp_path / 'chat.sqlite3'}", "on")]:
+        with AppServer(settings_for(fake, store_url=store_url)) as server:
+            response = httpx.get(server.url + "/")
+        assert f'<html lang="en" data-conversations="{expected}">' in response.text
+        assert response.content.replace(b'"on"', b'"off"') == (STATIC_DIR / "index.html").read_bytes()

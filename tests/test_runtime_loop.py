@@ -132,6 +132,15 @@ def test_bad_request_on_a_stream_is_a_clean_status(double: RuntimeAPIDouble, run
     assert json.loads(body) == {"error": "Invalid request body"}
 
 
+def test_the_chat_page_is_served_at_the_function_urls_root(double: RuntimeAPIDouble, runtime: ChildProcess) -> None:
+    result = double.invoke(function_url_event(None, method="GET", path="/"))  # a browser's GET
+    prelude, body = split_streamed(result.body)
+    assert prelude["statusCode"] == 200
+    assert prelude["headers"]["content-type"] == "text/html; charset=utf-8"
+    assert "script-src 'self'" in prelude["headers"]["content-security-policy"]
+    assert b'<script type="module" src="static/chat.js"></script>' in body
+
+
 def test_unknown_event_is_an_invocation_error(double: RuntimeAPIDouble, runtime: ChildProcess) -> None:
     result = double.invoke({"Records": [{"eventSource": "aws:sqs"}]})
     assert result.kind == "error"

@@ -280,7 +280,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         """Liveness: answers without calling the model."""
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    add_page_routes(app)
+    add_page_routes(app, conversations=store is not None)
     if store is not None:
         add_conversation_routes(app, store, owner)
 

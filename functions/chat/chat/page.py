@@ -5,7 +5,9 @@ Served from the same origin as the API, so the page works from `make run`, under
 few KB: each is read once, on first use, and answered from memory with an ETag.
 Only the names below are served (no path from the request ever reaches the file
 system). The page has its own strict Content-Security-Policy ('self' only, no
-inline script or style); the API's responses keep the default one.
+inline script or style); the API's responses keep the default one. The page says
+whether the service keeps conversations (`<html data-conversations>`), so its first
+screen needs no request to find out.
 """
 
 from __future__ import annotations
@@ -33,29 +35,33 @@ PAGE = "index.html"
 
 
 @cache
-def _load(name: str) -> tuple[bytes, str]:
+def _load(name: str, conversations: bool = False) -> tuple[bytes, str]:
     """The file's bytes and a strong ETag for them."""
     content = (STATIC_DIR / name).read_bytes()
+    if conversations:
+        content = content.replace(b'data-conversations="off"', b'data-conversations="on"', 1)
     return content, '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
 
 
-def _serve(request: Request, name: str, media_type: str) -> Response:
-    content, etag = _load(name)
+def _serve(request: Request, name: str, media_type: str, conversations: bool = False) -> Response:
+    content, etag = _load(name, conversations)
     headers = {"etag": etag, "cache-control": "no-cache", "content-security-policy": PAGE_CSP}
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     return Response(content, media_type=media_type, headers=headers)
 
 
-def add_page_routes(app: FastAPI) -> None:
+def add_page_routes(app: FastAPI, *, conversations: bool) -> None:
     """`GET /` serves the page, `GET /static/<name>` its stylesheet and script.
+
+    `conversations`: the service keeps conversations (a store is configured).
 
     Plain Starlette routes: a FastAPI path parameter would build a pydantic field at
     import (and import pydantic.v1), tens of milliseconds of every cold start.
     """
 
     async def page(request: Request) -> Response:
-        return _serve(request, PAGE, "text/html; charset=utf-8")
+        return _serve(request, PAGE, "text/html; charset=utf-8", conversations)
 
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]

@@ -168,13 +168,30 @@ const sendButton = $("send");
 const stopButton = $("stop");
 const statusRegion = $("status");
 const empty = $("empty");
+const sidebar = $("sidebar");
+const list = $("conversation-list");
+const moreButton = $("more");
+const listToggle = $("toggle-list");
 const keyDialog = $("key-dialog");
 const keyInput = $("key");
 
-/** The conversation: {role, content, status} turns, kept in sessionStorage so a reload keeps it. */
-const state = { messages: loadConversation(), busy: null, problem: null, afterKey: null };
+/**
+ * Two ways to keep a conversation, chosen by what the service offers. Stored: the service
+ * keeps conversations (GET api/conversations answers); the current one's id is in the URL
+ * fragment, so a reload or the back button reopens it. Stateless (conversations off): the
+ * turns are kept in sessionStorage and sent as `history` with each message.
+ */
+const state = {
+  stored: false,
+  id: null,
+  messages: [],
+  busy: null,
+  problem: null,
+  afterKey: null,
+  cursor: null,
+};
 
-function loadConversation() {
+function loadStateless() {
   try {
     const saved = JSON.parse(sessionStorage.getItem(CONVERSATION_STORAGE) || "null");
     if (!saved || !Array.isArray(saved.messages)) return [];
@@ -187,6 +204,7 @@ function loadConversation() {
 }
 
 function saveConversation() {
+  if (state.stored) return;
   const messages = state.messages.map(({ role, content, status }) => ({ role, content, status }));
   sessionStorage.setItem(CONVERSATION_STORAGE, JSON.stringify({ messages }));
 }
@@ -198,16 +216,20 @@ function announce(text) {
 const ENDINGS = {
   stopped: "Stopped.",
   interrupted: "Interrupted: the page was reloaded before this answer finished.",
+  error: "This answer ended early because of an error.",
+  timeout: "This answer ended early: the model went silent.",
+  disconnected: "This answer ended early: the connection closed.",
+  deadline: "This answer ended early: it ran out of time.",
 };
 
-/** One transcript entry; returns an updater for assistant turns. */
+/** One transcript entry; returns its node and an updater. */
 function addTurn(message) {
   const li = element("li");
   li.className = `turn ${message.role}`;
-  li.append(element("span", message.role === "user" ? "You: " : "Assistant: "));
-  li.firstChild.className = "who";
+  const who = element("span", message.role === "user" ? "You: " : "Assistant: ");
+  who.className = "who";
   const body = element("div");
-  li.append(body);
+  li.append(who, body);
   transcript.append(li);
   empty.hidden = true;
   const view = {
@@ -221,8 +243,9 @@ function addTurn(message) {
       li.classList.toggle("pending", message.status === "streaming");
       li.setAttribute("aria-busy", String(message.status === "streaming"));
       li.querySelector(".mark")?.remove();
-      if (ENDINGS[message.status]) {
-        const mark = element("span", ENDINGS[message.status]);
+      const ending = message.role === "assistant" && !message.explained ? ENDINGS[message.status] : undefined;
+      if (ending) {
+        const mark = element("span", ending);
         mark.className = "mark";
         li.append(mark);
       }
@@ -294,7 +317,7 @@ function refusalText(status, said, retryAfter) {
       "to chat from this page."
     );
   }
-  if (status === 404) return `This service does not offer that${detail}.`;
+  if (status === 404) return `Not found${detail}.`;
   if (status === 409) return `An answer is already being written in this conversation: wait for it or stop it, then retry${detail}.`;
   if (status === 413) return `Your message is too long for the service${detail}. Shorten it and send it again.`;
   if (status === 429) {
@@ -306,9 +329,16 @@ function refusalText(status, said, retryAfter) {
   return `The request was refused (HTTP ${status})${detail}.`;
 }
 
-function authHeaders() {
+/** fetch() on the service with the tab's key, if any; rejects only when the network fails. */
+function api(path, options = {}) {
   const key = sessionStorage.getItem(KEY_STORAGE);
-  return key ? { authorization: `Bearer ${key}` } : {};
+  const headers = { ...(options.headers || {}), ...(key ? { authorization: `Bearer ${key}` } : {}) };
+  return fetch(path, { cache: "no-store", ...options, headers });
+}
+
+async function errorOf(response) {
+  const body = await response.json().catch(() => null);
+  return body && typeof body.error === "string" ? body.error : "";
 }
 
 function askForKey(reason, then) {
@@ -319,34 +349,155 @@ function askForKey(reason, then) {
   keyInput.focus();
 }
 
-async function refused(response, text) {
-  const body = await response.json().catch(() => null);
-  const said = body && typeof body.error === "string" ? body.error : "";
+/** A refused request: 401 asks for a key then `retry`s; anything else is explained, with Retry. */
+async function refused(response, retry) {
+  const said = await errorOf(response);
   if (response.status === 401) {
     const hadKey = sessionStorage.getItem(KEY_STORAGE) !== null;
     sessionStorage.removeItem(KEY_STORAGE);
     const reason = hadKey
       ? "That key was not accepted. Enter a valid API key: it is kept for this browser tab only."
       : "This service needs an API key. It is kept for this browser tab only and sent with each message.";
-    showProblem(`${said || "An API key is needed."} Enter a key to send your message.`, () => send(text));
-    askForKey(reason, () => send(text));
+    showProblem(`${said || "An API key is needed."} Enter a key to continue.`, retry);
+    askForKey(reason, retry);
     return;
   }
-  showProblem(refusalText(response.status, said, response.headers.get("retry-after")), () => send(text));
+  showProblem(refusalText(response.status, said, response.headers.get("retry-after")), retry);
   announce(state.problem.textContent);
 }
+
+// ---------------------------------------------------------------- conversations (stored)
+
+function idFromHash() {
+  const id = decodeURIComponent(location.hash.slice(1));
+  return /^[\w-]{1,128}$/.test(id) ? id : null;
+}
+
+function setCurrent(id) {
+  state.id = id;
+  history.replaceState(null, "", id ? `#${id}` : location.pathname + location.search);
+  for (const link of list.querySelectorAll("a")) {
+    if (link.dataset.id === id) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+function listItem(conversation) {
+  const li = element("li");
+  const link = element("a", conversation.title || "Untitled");
+  link.href = `#${encodeURIComponent(conversation.id)}`;
+  link.dataset.id = conversation.id;
+  if (conversation.id === state.id) link.setAttribute("aria-current", "page");
+  const remove = element("button", "Delete");
+  remove.type = "button";
+  remove.className = "delete secondary";
+  remove.setAttribute("aria-label", `Delete ${link.textContent}`);
+  remove.addEventListener("click", () => {
+    // Two steps, so one stray click loses nothing.
+    if (remove.dataset.armed) {
+      deleteConversation(conversation.id, li);
+      return;
+    }
+    remove.dataset.armed = "1";
+    remove.textContent = "Confirm";
+    remove.setAttribute("aria-label", `Confirm: delete ${link.textContent}`);
+    setTimeout(() => {
+      delete remove.dataset.armed;
+      remove.textContent = "Delete";
+      remove.setAttribute("aria-label", `Delete ${link.textContent}`);
+    }, 5000);
+  });
+  li.append(link, remove);
+  return li;
+}
+
+/** The caller's conversations, newest first; `more` appends the next page. */
+async function loadList(more = false) {
+  const query = more && state.cursor ? `&cursor=${encodeURIComponent(state.cursor)}` : "";
+  const response = await api(`api/conversations?limit=30${query}`);
+  if (!response.ok) return response;
+  const page = await response.json();
+  if (!more) list.replaceChildren();
+  for (const conversation of page.conversations) list.append(listItem(conversation));
+  state.cursor = page.next_cursor;
+  moreButton.hidden = !state.cursor;
+  return response;
+}
+
+async function openConversation(id) {
+  stop();
+  clearProblem();
+  let response;
+  try {
+    response = await api(`api/conversations/${encodeURIComponent(id)}`);
+  } catch {
+    showProblem(LOST, () => openConversation(id));
+    return;
+  }
+  if (response.status === 404) {
+    setCurrent(null);
+    state.messages = [];
+    renderConversation();
+    showProblem("That conversation no longer exists: it was deleted or has expired.");
+    return;
+  }
+  if (!response.ok) {
+    await refused(response, () => openConversation(id));
+    return;
+  }
+  const conversation = await response.json();
+  state.messages = conversation.messages
+    .filter((m) => m.role === "user" || m.role === "assistant")
+    .map(({ role, content, status }) => ({ role, content, status }));
+  setCurrent(id);
+  renderConversation();
+  document.title = `${conversation.title} · chat-stream`;
+  announce(`Opened ${conversation.title}.`);
+  closeListOnNarrowScreens();
+  scrollToEnd();
+}
+
+async function deleteConversation(id, item) {
+  let response;
+  try {
+    response = await api(`api/conversations/${encodeURIComponent(id)}`, { method: "DELETE" });
+  } catch {
+    showProblem(LOST, () => deleteConversation(id, item));
+    return;
+  }
+  if (!response.ok && response.status !== 404) {
+    await refused(response, () => deleteConversation(id, item));
+    return;
+  }
+  item.remove();
+  announce("Conversation deleted.");
+  if (state.id === id) newChat();
+}
+
+function closeListOnNarrowScreens() {
+  sidebar.classList.remove("open");
+  listToggle.setAttribute("aria-expanded", "false");
+}
+
+// ---------------------------------------------------------------- sending
 
 /** Send `text` as the next user turn and stream the answer into the transcript. */
 async function send(text) {
   if (state.busy || !text.trim()) return;
   clearProblem();
-  const history = state.messages.filter((m) => m.content).map(({ role, content }) => ({ role, content }));
   const user = { role: "user", content: text, status: "complete" };
   const answer = { role: "assistant", content: "", status: "streaming" };
+  let body;
+  if (!state.stored) {
+    const history = state.messages.filter((m) => m.content).map(({ role, content }) => ({ role, content }));
+    body = history.length ? { message: text, history } : { message: text };
+  } else {
+    body = state.id ? { message: text, conversation_id: state.id } : { message: text, store: true };
+  }
   const userView = addTurn(user);
   const answerView = addTurn(answer);
   scrollToEnd();
-  const busy = { controller: new AbortController(), stopped: false };
+  const busy = { controller: new AbortController(), stopped: false, id: state.id };
   state.busy = busy;
   setBusy(true);
   announce("Sending your message.");
@@ -358,12 +509,11 @@ async function send(text) {
 
   let response;
   try {
-    response = await fetch("api/chat/stream", {
+    response = await api("api/chat/stream", {
       method: "POST",
-      headers: { "content-type": "application/json", accept: "text/event-stream", ...authHeaders() },
-      body: JSON.stringify(history.length ? { message: text, history } : { message: text }),
+      headers: { "content-type": "application/json", accept: "text/event-stream" },
+      body: JSON.stringify(body),
       signal: busy.controller.signal,
-      cache: "no-store",
     });
   } catch {
     removePending();
@@ -374,11 +524,21 @@ async function send(text) {
   if (!response.ok || !(response.headers.get("content-type") || "").startsWith("text/event-stream")) {
     removePending();
     finish();
-    await refused(response, text);
+    // A stored request may be refused after the service kept the user's turn (it is durable before
+    // the model is called): show the conversation as the service has it. The text stays in the box.
+    const kept = state.stored && response.headers.get("x-conversation-id");
+    if (kept) {
+      await openConversation(kept);
+      loadList().catch(() => {});
+    }
+    await refused(response, () => send(text));
     return;
   }
 
   // Accepted: from here the turn belongs to the conversation, and the typed text has been sent.
+  const started = state.stored && !state.id;
+  busy.id = response.headers.get("x-conversation-id") || state.id;
+  if (started && busy.id) setCurrent(busy.id);
   state.messages.push(user, answer);
   saveConversation();
   if (input.value === text) {
@@ -386,13 +546,14 @@ async function send(text) {
     autosize();
   }
   announce("The assistant is answering.");
-  let ending = null; // null: the body ended with neither [DONE] nor an error event
+  let ending = null; // stays null when the body ends with neither [DONE] nor an error event
   try {
     await readEvents(
       response,
       (event) => {
         if (ending) return;
-        if (event.type === "error") ending = { problem: `The answer ended early: ${event.data}` };
+        if (event.type === "error" && busy.stopped) ending = { stopped: true };
+        else if (event.type === "error") ending = { problem: `The answer ended early: ${event.data}` };
         else if (event.type === "message" && event.data === "[DONE]") ending = { done: true };
         else if (event.type === "message") answer.content += event.data;
       },
@@ -405,16 +566,21 @@ async function send(text) {
   } catch {
     ending = busy.stopped ? { stopped: true } : { problem: LOST };
   }
-  if (!ending) ending = { problem: "The answer was cut off: the connection closed before it finished." };
+  if (!ending) ending = busy.stopped ? { stopped: true } : { problem: "The answer was cut off: the connection closed before it finished." };
   answer.status = ending.done ? "complete" : ending.stopped ? "stopped" : "error";
+  answer.explained = Boolean(ending.problem); // its problem box says why, with a Retry
   answerView.update();
   saveConversation();
   finish();
+  if (state.stored) loadList().catch(() => {});
   if (ending.problem) {
     const retry = () => {
-      state.messages.splice(state.messages.indexOf(user));
-      saveConversation();
-      renderConversation();
+      if (!state.stored) {
+        // Stateless: the failed turn is dropped and sent again. Stored: the service keeps it, so a new turn follows.
+        state.messages.splice(state.messages.indexOf(user));
+        saveConversation();
+        renderConversation();
+      }
       send(text);
     };
     showProblem(ending.problem, retry, answerView.node);
@@ -429,24 +595,77 @@ function finish() {
   setBusy(false);
 }
 
+/**
+ * Stop the answer. A stored conversation is also stopped through the service, which ends the
+ * stream itself (on Lambda a closed connection is not noticed); the request is aborted when the
+ * service has nothing to stop, cannot be asked, or takes more than 3 s.
+ */
 function stop() {
-  if (!state.busy) return;
-  state.busy.stopped = true;
-  state.busy.controller.abort();
+  const busy = state.busy;
+  if (!busy || busy.stopped) return;
+  busy.stopped = true;
+  announce("Stopping.");
+  if (!busy.id) {
+    busy.controller.abort();
+    return;
+  }
+  const abort = () => busy.controller.abort();
+  const timer = setTimeout(abort, 3000);
+  api(`api/conversations/${encodeURIComponent(busy.id)}/stop`, { method: "POST" })
+    .then((response) => {
+      if (response.status !== 202) {
+        clearTimeout(timer);
+        abort();
+      }
+    })
+    .catch(() => {
+      clearTimeout(timer);
+      abort();
+    });
 }
 
 function newChat() {
   stop();
   clearProblem();
   state.messages = [];
+  if (state.stored) setCurrent(null);
   saveConversation();
   renderConversation();
+  document.title = "chat-stream";
+  closeListOnNarrowScreens();
   input.focus();
+}
+
+// ---------------------------------------------------------------- start
+
+/** Stored conversations when the service keeps them (it says so in the page it serves), else this tab keeps one. */
+async function start() {
+  if (document.documentElement.dataset.conversations !== "on") {
+    state.messages = loadStateless();
+    renderConversation();
+    return;
+  }
+  let response;
+  try {
+    response = await loadList();
+  } catch {
+    showProblem(LOST, start);
+    return;
+  }
+  if (!response.ok) {
+    await refused(response, start);
+    return;
+  }
+  state.stored = true;
+  sidebar.hidden = false;
+  listToggle.hidden = false;
+  const id = idFromHash();
+  if (id) await openConversation(id);
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  send(input.value);
+  ready.then(() => send(input.value));
 });
 input.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -462,6 +681,17 @@ stopButton.addEventListener("click", () => {
   input.focus();
 });
 $("new-chat").addEventListener("click", newChat);
+moreButton.addEventListener("click", () => loadList(true).catch(() => showProblem(LOST)));
+listToggle.addEventListener("click", () => {
+  const open = sidebar.classList.toggle("open");
+  listToggle.setAttribute("aria-expanded", String(open));
+});
+window.addEventListener("hashchange", () => {
+  if (!state.stored) return;
+  const id = idFromHash();
+  if (id && id !== state.id) openConversation(id);
+  else if (!id && state.id) newChat();
+});
 $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const key = keyInput.value.trim();
@@ -475,5 +705,5 @@ $("key-form").addEventListener("submit", (event) => {
 });
 $("key-cancel").addEventListener("click", () => keyDialog.close());
 
-renderConversation();
 input.focus();
+const ready = start();

@@ -52,6 +52,14 @@ def find_chromium() -> str | None:
     return own if Path(own).exists() else None
 
 
+def _starts(path: str) -> bool:
+    """Whether the binary runs at all here (a downloaded build may lack the system's libraries)."""
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, check=False, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def _run(command: list[str]) -> bool:
     print("+", " ".join(command), file=sys.stderr, flush=True)
     try:
@@ -68,9 +76,11 @@ def ensure() -> int:
         print(f"Chromium for the browser tests: {found}")
         return 0
     playwright = Path(sys.executable).with_name("playwright")
-    if _run([str(playwright), "install", "chromium"]) and find_chromium():
-        print(f"Chromium for the browser tests: {find_chromium()} (Playwright's download)")
-        return 0
+    if _run([str(playwright), "install", "chromium"]):
+        downloaded = find_chromium()
+        if downloaded and _starts(downloaded):
+            print(f"Chromium for the browser tests: {downloaded} (Playwright's download)")
+            return 0
     apt = shutil.which("apt-get")
     if apt and os.geteuid() == 0:
         environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

@@ -42,7 +42,8 @@ def main() -> None:
             ]
         )
     print(
-        f"Try: curl -N -X POST http://{host}:{port}/api/chat/stream "
+        f"Chat in a browser: http://{host}:{port}/\n"
+        f"Or try: curl -N -X POST http://{host}:{port}/api/chat/stream "
         "-H 'Content-Type: application/json' -d '{\"message\":\"hi\"}'",
         file=sys.stderr,
         flush=True,

@@ -23,6 +23,7 @@ from tests.harness.browser import HOW_TO_GET, LAUNCH_ARGS, find_chromium
 from tests.harness.fake_openai import Delta, FakeOpenAI, Reply, Reset, Sleep, deltas, openai_error
 from tests.harness.sam_cli import ROOT
 from tests.harness.support import AppServer, post_stream, settings_for, unique
+from tools import keys as keys_tool
 
 SCREENSHOTS = ROOT / ".artifacts" / "screenshots"
 TOKEN = "page-test-token-not-a-secret"
@@ -539,20 +540,30 @@ def test_a_lost_network_is_reported_as_such_and_keeps_the_text(chat: Tab) -> Non
 # ---------------------------------------------------------------- auth
 
 
-@pytest.fixture(params=["stored", "stateless"])
-def token_site(request: pytest.FixtureRequest, aws: Any, fake: FakeOpenAI, tmp_path: Any) -> Iterator[tuple[str, bool]]:
-    """A service whose callers need a bearer token (the token in Secrets Manager: moto, AWS itself mocked)."""
-    arn = aws.create_secret(Name="chat/page-token", SecretString=TOKEN)["ARN"]
-    stored = request.param == "stored"
+@pytest.fixture(params=["named-key", "token-secret", "token-secret-stateless"])
+def token_site(
+    request: pytest.FixtureRequest, aws: Any, fake: FakeOpenAI, tmp_path: Any
+) -> Iterator[tuple[str, bool, str]]:
+    """A service whose callers need a bearer key: a named key made with `tools.keys` (CHAT_AUTH=keys, what
+    AuthMode=TOKEN deploys), or the one token in Secrets Manager (moto: AWS itself mocked)."""
+    stored = request.param != "token-secret-stateless"
     store_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}" if stored else "none"
-    with AppServer(settings_for(fake, auth_token_secret_id=arn, store_url=store_url)) as server:
-        yield server.url, stored
+    if request.param == "named-key":
+        settings = settings_for(fake, store_url=store_url, auth="keys")
+        status, lines = keys_tool.run(["create", "page-user"], settings)
+        assert status == 0, lines
+        key = lines[-1]
+    else:
+        arn = aws.create_secret(Name="chat/page-token", SecretString=TOKEN)["ARN"]
+        settings, key = settings_for(fake, auth_token_secret_id=arn, store_url=store_url), TOKEN
+    with AppServer(settings) as server:
+        yield server.url, stored, key
 
 
 def test_with_a_token_the_page_asks_for_a_key_once_and_keeps_it_for_the_tab(
-    chromium: Browser, token_site: tuple[str, bool], fake: FakeOpenAI
+    chromium: Browser, token_site: tuple[str, bool, str], fake: FakeOpenAI
 ) -> None:
-    url, stored = token_site
+    url, stored, key = token_site
     with tab(chromium, url) as chat:
         dialog = chat.page.get_by_role("dialog", name="API key")
         typed = unique("authorised")
@@ -565,7 +576,7 @@ def test_with_a_token_the_page_asks_for_a_key_once_and_keeps_it_for_the_tab(
         dialog.get_by_role("textbox", name="API key").fill("wrong-key")
         dialog.get_by_role("button", name="Use key").click()
         expect(dialog).to_contain_text("That key was not accepted")
-        dialog.get_by_role("textbox", name="API key").fill(TOKEN)
+        dialog.get_by_role("textbox", name="API key").fill(key)
         dialog.get_by_role("button", name="Use key").click()
         expect(dialog).to_be_hidden()
         if stored:
@@ -579,9 +590,9 @@ def test_with_a_token_the_page_asks_for_a_key_once_and_keeps_it_for_the_tab(
         chat.wait_idle()
         expect(dialog).to_be_hidden()
         stored_keys = chat.page.evaluate("[sessionStorage.getItem('chat-stream.key'), JSON.stringify(localStorage)]")
-        assert stored_keys == [TOKEN, "{}"]
-        assert all(TOKEN not in address for address in chat.requests)
-        assert TOKEN not in chat.page.url
+        assert stored_keys == [key, "{}"]
+        assert all(key not in address for address in chat.requests)
+        assert key not in chat.page.url
 
 
 # ---------------------------------------------------------------- keyboard, CSP, layout

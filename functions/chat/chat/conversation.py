@@ -17,7 +17,7 @@ from .chat_request import BadRequest, ChatRequest, Turn
 from .config import Settings
 from .observability import logger
 from .store.base import Store, StoreError, TurnEnd, TurnStart, new_id, valid_id
-from .usage import estimate_messages
+from .usage import Usage, estimate_messages
 
 HEADER = b"x-conversation-id"
 NOT_FOUND = "Conversation not found."
@@ -115,13 +115,15 @@ class ConversationTurn:
     def add(self, contents: list[str]) -> None:
         self.parts.extend(contents)
 
-    async def finish(self, status: str) -> bool:
-        """Store the answer with `status` and release the lock, once; False if the store failed."""
+    async def finish(self, status: str, usage: Usage | None = None) -> bool:
+        """Store the answer with `status` (and the tokens it used) and release the lock, once; False if the
+        store failed."""
         if self._finished is None:
-            self._finished = asyncio.ensure_future(self._finish(status))
+            counted = usage if usage is not None and usage.source != "none" else None
+            self._finished = asyncio.ensure_future(self._finish(status, counted))
         return await asyncio.shield(self._finished)
 
-    async def _finish(self, status: str) -> bool:
+    async def _finish(self, status: str, usage: Usage | None) -> bool:
         if self._begun is None:
             return True
         try:
@@ -139,6 +141,7 @@ class ConversationTurn:
             now=now,
             expires_at=self._expires_at(now),
             refresh_expiry=self.refresh_expiry,
+            usage=usage,
         )
         try:
             await self.store.finish_turn(end)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from .conversation import NOT_FOUND
 from .relay import error_response
-from .store.base import BadCursor, ConversationSummary, Store, StoreError, valid_id
+from .store.base import BadCursor, ConversationSummary, Message, Store, StoreError, valid_id
 
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
@@ -66,6 +66,15 @@ _MESSAGE = _schema(
             "description": "`complete`, or why an answer ended early (its content is the partial answer).",
         },
         "created_at": {"type": "string", "format": "date-time"},
+        "usage": {
+            "type": "object",
+            "description": "Answers only: the tokens used; `source` is `reported` (by the model) or `estimated`.",
+            "properties": {
+                "prompt_tokens": {"type": "integer"},
+                "completion_tokens": {"type": "integer"},
+                "source": {"type": "string", "enum": ["reported", "estimated"]},
+            },
+        },
     }
 )
 
@@ -95,6 +104,22 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _ID_PARAMETER = {
     "parameters": [{"name": "conversation_id", "in": "path", "required": True, "schema": {"type": "string"}}]
 }
+
+
+def _message(message: Message) -> dict[str, object]:
+    shown: dict[str, object] = {
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "created_at": message.created_at,
+    }
+    if message.usage is not None:  # answers: the tokens they used, reported by the model or estimated
+        shown["usage"] = {
+            "prompt_tokens": message.usage.prompt_tokens,
+            "completion_tokens": message.usage.completion_tokens,
+            "source": message.usage.source,
+        }
+    return shown
 
 
 def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> None:
@@ -161,10 +186,7 @@ def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> Non
             return error_response(503, str(error))
         if conversation is None:
             return error_response(404, NOT_FOUND)
-        messages = [
-            {"role": m.role, "content": m.content, "status": m.status, "created_at": m.created_at}
-            for m in conversation.messages
-        ]
+        messages = [_message(m) for m in conversation.messages]
         return _json({**_summary(conversation.summary), "messages": messages})
 
     @app.delete(

@@ -130,9 +130,10 @@ class ChatStream(Response):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
-            if self.turn is not None:  # a no-op when the relay already stored the answer
-                await self.turn.finish("disconnected" if self.outcome.client_disconnected else "error")
             await self._settle()
+            if self.turn is not None:  # a no-op when the relay already stored the answer
+                status = "disconnected" if self.outcome.client_disconnected else "error"
+                await self.turn.finish(status, self.outcome.usage)
             self.outcome.duration_seconds = time.perf_counter() - started
             observability.record(self.outcome)
 
@@ -204,7 +205,8 @@ class ChatStream(Response):
                 stream = self.stream = await opening
             except UpstreamError as error:
                 if self.turn is not None:
-                    await self.turn.finish("timeout" if error.kind == "timeout" else "error")
+                    await self._settle()
+                    await self.turn.finish("timeout" if error.kind == "timeout" else "error", self.outcome.usage)
                 await self._fail(send, error)
                 return
             try:
@@ -305,7 +307,7 @@ class ChatStream(Response):
     async def _end(self, send: Send, status: str, failure_message: str, kind: str | None, trailers: bool) -> None:
         """The stream's last event, after the answer is stored and the conversation released."""
         await self._settle()
-        if self.turn is not None and not await self.turn.finish(status) and kind is None:
+        if self.turn is not None and not await self.turn.finish(status, self.outcome.usage) and kind is None:
             kind, failure_message = "store", "The answer could not be saved in the conversation."
         self.outcome.error_kind = kind
         ending = sse.DONE if kind is None else sse.error(failure_message)

@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from ..usage import Usage
+
 T = TypeVar("T")
 
 ANSWER_STATUSES = frozenset({"complete", "error", "timeout", "stopped", "disconnected", "deadline"})
@@ -109,6 +111,8 @@ class Message:
     content: str
     status: str
     created_at: str
+    usage: Usage | None = None
+    """An answer's tokens (reported by the model, or estimated); None for user turns and older answers."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,8 @@ class TurnEnd:
     expires_at: int
     refresh_expiry: bool = False
     """Backends that keep an expiry per item move every item's forward (DynamoDB TTL)."""
+    usage: Usage | None = None
+    """The tokens this answer used, stored with it (None when the model was never reached)."""
 
 
 class Store(abc.ABC):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..usage import Usage
 from .base import (
     Conversation,
     ConversationNotFound,
@@ -81,6 +82,25 @@ def split_utf8(text: str, limit: int = PART_BYTES) -> list[str]:
         parts.append(data[start:end].decode())
         start = end
     return parts
+
+
+def _usage_attributes(usage: Usage | None) -> dict[str, Any]:
+    if usage is None:
+        return {}
+    return {
+        "prompt_tokens": _n(usage.prompt_tokens),
+        "completion_tokens": _n(usage.completion_tokens),
+        "usage": _s(usage.source),
+    }
+
+
+def _usage_of(item: dict[str, Any]) -> Usage | None:
+    if "usage" not in item:
+        return None
+    source = item["usage"]["S"]
+    if source not in ("reported", "estimated", "none"):
+        return None
+    return Usage(int(item["prompt_tokens"]["N"]), int(item["completion_tokens"]["N"]), source)
 
 
 class DynamoDBStore(Store):
@@ -164,7 +184,7 @@ class DynamoDBStore(Store):
         messages = []
         for seq, role, item in turns:
             content = item["content"]["S"] if role == "user" else "".join(answers[seq])
-            messages.append(Message(role, content, item["status"]["S"], item["created_at"]["S"]))
+            messages.append(Message(role, content, item["status"]["S"], item["created_at"]["S"], _usage_of(item)))
         summary = ConversationSummary(
             conversation_id, meta["title"]["S"], meta["created_at"]["S"], meta["updated_at"]["S"]
         )
@@ -326,6 +346,7 @@ class DynamoDBStore(Store):
                     "turn_id": _s(end.turn_id),
                     "expires_at": _n(end.expires_at),
                     "parts": _n(len(parts)),
+                    **_usage_attributes(end.usage),
                 },
             }
         }

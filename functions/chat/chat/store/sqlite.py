@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from ..usage import Usage
 from .base import (
     Conversation,
     ConversationNotFound,
@@ -52,6 +53,18 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
+def _add_usage_columns(connection: sqlite3.Connection) -> None:
+    """Answers carry their token usage; a file made before that gains the (empty) columns."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(messages)")}
+    for column, kind in (("prompt_tokens", "INTEGER"), ("completion_tokens", "INTEGER"), ("usage", "TEXT")):
+        if column not in present:
+            try:
+                connection.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
+            except sqlite3.OperationalError as error:  # another process added it first
+                if "duplicate column" not in str(error):
+                    raise
+
+
 class SQLiteStore(Store):
     workers = 1  # the one connection is used by one thread
 
@@ -71,6 +84,7 @@ class SQLiteStore(Store):
                     connection.execute("PRAGMA journal_mode=WAL")
                     connection.execute("PRAGMA synchronous=NORMAL")
                     connection.executescript(SCHEMA)
+                    _add_usage_columns(connection)
                 except (OSError, sqlite3.Error) as error:
                     raise StoreUnavailable(f"The conversation store could not be opened: {error}") from None
                 self._connection = connection
@@ -126,13 +140,16 @@ class SQLiteStore(Store):
             if row is None:
                 return None
             rows = db.execute(
-                "SELECT seq, role, content, status, created_at FROM messages"
+                "SELECT seq, role, content, status, created_at, prompt_tokens, completion_tokens, usage FROM messages"
                 " WHERE owner = ? AND conversation_id = ? ORDER BY seq, part",
                 (owner, conversation_id),
             ).fetchall()
         finally:
             db.execute("COMMIT")
-        messages = tuple(Message(role, content, status, created) for _, role, content, status, created in rows)
+        messages = tuple(
+            Message(role, content, status, created, None if source is None else Usage(prompt, completion, source))
+            for _, role, content, status, created, prompt, completion, source in rows
+        )
         next_seq = rows[-1][0] + 1 if rows else 0
         return Conversation(ConversationSummary(conversation_id, *row[:3]), messages, next_seq, row[3])
 
@@ -179,7 +196,8 @@ class SQLiteStore(Store):
                 "INSERT OR REPLACE INTO locks VALUES (?, ?, ?, ?, 0)", (owner, cid, start.turn_id, start.lock_until)
             )
             db.execute(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, 'user', ?, 'complete', ?, ?)",
+                "INSERT OR IGNORE INTO messages (owner, conversation_id, seq, part, role, content, status, created_at,"
+                " turn_id) VALUES (?, ?, ?, ?, 'user', ?, 'complete', ?, ?)",
                 (owner, cid, start.seq, USER, start.message, stamp, start.turn_id),
             )
             db.execute(
@@ -204,9 +222,24 @@ class SQLiteStore(Store):
                 (stamp, end.expires_at, owner, cid),
             )
             if updated.rowcount:
+                usage = end.usage
                 db.execute(
-                    "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, 'assistant', ?, ?, ?, ?)",
-                    (owner, cid, end.seq, ANSWER, end.content, end.status, stamp, end.turn_id),
+                    "INSERT OR REPLACE INTO messages (owner, conversation_id, seq, part, role, content, status,"
+                    " created_at, turn_id, prompt_tokens, completion_tokens, usage)"
+                    " VALUES (?, ?, ?, ?, 'assistant', ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        owner,
+                        cid,
+                        end.seq,
+                        ANSWER,
+                        end.content,
+                        end.status,
+                        stamp,
+                        end.turn_id,
+                        None if usage is None else usage.prompt_tokens,
+                        None if usage is None else usage.completion_tokens,
+                        None if usage is None else usage.source,
+                    ),
                 )
             db.execute("COMMIT")
         except BaseException:

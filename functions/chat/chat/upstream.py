@@ -7,9 +7,11 @@ cost, while the only field needed is `choices[0].delta.content`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +22,11 @@ from .secrets import SecretSource, SecretUnavailable
 from .usage import Usage, reported
 
 if TYPE_CHECKING:
-    import asyncio
-
     import httpx2
     from openai import AsyncOpenAI
+
+# How long a finished answer's connection may take to end its body before it is closed instead of reused.
+DRAIN_SECONDS = 0.05
 
 
 class UpstreamError(Exception):
@@ -148,6 +151,10 @@ class OpenStream:
     response: httpx2.Response
     secrets: tuple[str, ...]
     parser: DeltaParser = field(default_factory=DeltaParser)
+    body: AsyncIterator[bytes] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.body = self.response.aiter_bytes()  # one iterator: `aclose` reads the rest of the same body
 
     @property
     def usage(self) -> Usage | None:
@@ -160,7 +167,7 @@ class OpenStream:
 
         parser = self.parser
         try:
-            async for chunk in self.response.aiter_bytes():
+            async for chunk in self.body:
                 found = parser.feed(chunk)
                 yield found
                 if parser.done:
@@ -174,6 +181,14 @@ class OpenStream:
             raise StreamFailed(redact(failure.message, self.secrets), failure.kind) from None
 
     async def aclose(self) -> None:
+        """Close the response. After `[DONE]`, first read the rest of the body (normally just the end
+        of its chunked encoding, already received), so the connection goes back to the pool: an
+        answer that ends there costs the next request no new connection (no TLS handshake)."""
+        if self.parser.done and not self.response.is_closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    async for _ in self.body:
+                        pass
         await self.response.aclose()
 
 
@@ -248,8 +263,6 @@ class Upstream:
         return OpenStream(response=response, secrets=self.secrets())
 
     def _client(self, key: str) -> AsyncOpenAI:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:

@@ -6,7 +6,7 @@ needs ptrace rights over the app's process, so it is run by hand, not here.
 
 from __future__ import annotations
 
-from tools.perf.profile import OTHER, layer_of, profile_table, shares
+from tools.perf.profile import OTHER, Round, layer_of, profile_table, shares
 
 SITE = "/repo/.venv/lib/python3.11/site-packages"
 STDLIB = "/usr/lib/python3.11"
@@ -46,17 +46,20 @@ def test_uvloop_itself_is_the_event_loop_and_a_torn_stack_is_other() -> None:
     assert layer_of([f"Event.wait ({STDLIB}/asyncio/locks.py:213)"]) == OTHER
 
 
-def test_shares_split_the_measured_cpu_by_samples() -> None:
-    raw = [
-        ";".join(ROOT) + " 3",
-        ";".join([*ROOT, f"RequestResponseCycle.send ({SITE}/uvicorn/protocols/http/httptools_impl.py:480)"]) + " 1",
+def test_each_round_splits_its_cpu_by_samples_and_the_table_takes_the_median() -> None:
+    uvicorn = ";".join([*ROOT, f"RequestResponseCycle.send ({SITE}/uvicorn/protocols/http/httptools_impl.py:480)"])
+    loop = ";".join(ROOT)
+    counts, total = shares([f"{loop} 3", f"{uvicorn} 1"])
+    assert (counts, total) == ({"event loop (uvloop, asyncio)": 3, "uvicorn (HTTP server)": 1}, 4)
+    rounds = [
+        Round.of(0.002, [f"{loop} 3", f"{uvicorn} 1"]),  # uvicorn 0.5 ms, loop 1.5 ms
+        Round.of(0.004, [f"{loop} 1", f"{uvicorn} 1"]),  # uvicorn 2 ms, loop 2 ms
+        Round.of(0.003, [f"{uvicorn} 1"]),  # uvicorn 3 ms, loop 0
     ]
-    counts, total = shares(raw)
-    assert total == 4
-    lines = profile_table(0.002, counts, total).splitlines()[2:]
+    lines = profile_table(rounds).splitlines()[2:]
     rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.strip("|").split("|")] for line in lines)}
     assert rows == {
-        "uvicorn (HTTP server)": ["25.0", "0.500"],
-        "event loop (uvloop, asyncio)": ["75.0", "1.500"],
-        "total (CPU per request from /proc)": ["100.0", "2.000"],
+        "uvicorn (HTTP server)": ["2.000 (0.500\N{EN DASH}3.000)", "66.7"],
+        "event loop (uvloop, asyncio)": ["1.500 (0.000\N{EN DASH}2.000)", "50.0"],
+        "total (CPU per request from /proc)": ["3.000 (2.000\N{EN DASH}4.000)", ""],
     }

@@ -7,7 +7,9 @@ waiting in epoll is not counted, and the app is never paused). A sample goes to 
 layer of its innermost frame that a rule claims: standard library and pydantic frames
 count for the code that called them, and a sample of uvloop's own C code, or of a task
 no rule claims a frame of, is the event loop's. The layers' shares of the samples split
-the CPU per request read from /proc/<pid>.
+the CPU per request read from /proc/<pid>. Each round is sampled on its own and the table
+gives the median over rounds: on a busy machine the app is preempted while it holds the
+GIL, and a long preemption piles samples on one line of one round.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import collections
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.app_process import AppProcess, app_env
@@ -71,6 +75,7 @@ RULES = sorted(
     key=lambda rule: not rule[1],  # stable: rules naming functions first, then whole files, each in LAYERS order
 )
 OTHER = "other"
+DASH = "\N{EN DASH}"
 WARM_UP = 100
 
 
@@ -129,60 +134,86 @@ class Sampler:
         return self.output.read_text().splitlines()
 
 
+@dataclass(frozen=True)
+class Round:
+    """One sampled round: the app's CPU seconds per request and py-spy's samples per layer."""
+
+    cpu_per_request: float
+    counts: collections.Counter[str]
+
+    @classmethod
+    def of(cls, cpu_per_request: float, raw_lines: Iterable[str]) -> Round:
+        counts, total = shares(raw_lines)
+        if total == 0:
+            raise PerfError("py-spy recorded no samples")
+        return cls(cpu_per_request, counts)
+
+    def ms(self, layer: str) -> float:
+        return self.counts[layer] / sum(self.counts.values()) * self.cpu_per_request * 1000
+
+
 async def _profile(
-    app: AppProcess, requests: int, rate: int, raw: Path, core: set[int] | None
-) -> tuple[float, list[str]]:
-    """(CPU seconds per request, py-spy's raw lines) over `requests` two-event answers asked one at a time."""
+    app: AppProcess, rounds: int, requests: int, rate: int, raw: Path, core: set[int] | None
+) -> list[Round]:
+    """`rounds` rounds of `requests` two-event answers asked one at a time, each sampled on its own."""
     through_app = stream.Target(f"{app.url}{STREAM_PATH}", direct=False)
+    taken = []
     async with http_client() as client:
         for _ in range(WARM_UP):
             await stream.first_event_seconds(client, through_app)
-        await stream.settled(app)
-        sampler = Sampler(app.pid, rate, raw, core)
-        await asyncio.sleep(1.0)  # py-spy attaches
-        cpu = app.cpu_seconds()
-        for _ in range(requests):
-            await stream.first_event_seconds(client, through_app)
-        cpu = app.cpu_seconds() - cpu
-    return cpu / requests, sampler.stop()
+        for number in range(rounds):
+            await stream.settled(app)
+            sampler = Sampler(app.pid, rate, raw / f"round-{number + 1}.txt", core)
+            await asyncio.sleep(1.0)  # py-spy attaches
+            cpu = app.cpu_seconds()
+            for _ in range(requests):
+                await stream.first_event_seconds(client, through_app)
+            cpu = app.cpu_seconds() - cpu
+            taken.append(Round.of(cpu / requests, sampler.stop()))
+    return taken
 
 
-def profile_table(cpu_per_request: float, counts: collections.Counter[str], total: int) -> str:
-    rows = [
-        [layer, f"{counts[layer] / total * 100:.1f}", f"{counts[layer] / total * cpu_per_request * 1000:.3f}"]
-        for layer in [*LAYERS, OTHER]
-        if counts[layer]
-    ]
-    rows.append(["total (CPU per request from /proc)", "100.0", f"{cpu_per_request * 1000:.3f}"])
-    return markdown_table(["Layer", "Samples (%)", "CPU per request (ms)"], rows)
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f}{DASH}{max(values):.3f})"
+
+
+def profile_table(rounds: list[Round]) -> str:
+    """Per layer, the median (min-max) over rounds of its CPU per request, and its share of the median total."""
+    total = statistics.median(round.cpu_per_request for round in rounds) * 1000
+    rows = []
+    for layer in [*LAYERS, OTHER]:
+        values = [round.ms(layer) for round in rounds]
+        if any(values):
+            rows.append([layer, _spread(values), f"{statistics.median(values) / total * 100:.1f}"])
+    rows.append(["total (CPU per request from /proc)", _spread([r.cpu_per_request * 1000 for r in rounds]), ""])
+    return markdown_table(["Layer", f"CPU per request, ms: median (min{DASH}max)", "Share (%)"], rows)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=2000, help="two-event answers sampled (default 2000)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds, each sampled on its own (default 5)")
+    parser.add_argument("--requests", type=int, default=1000, help="two-event answers per round (default 1000)")
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second (default 1000)")
-    parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks in this file")
+    parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks in this directory")
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.rounds < 1 or args.requests < 1:
+        raise SystemExit("--rounds and --requests must be at least 1")
     app_core, upstream_core, client_core = stream.cores() or (None, None, None)
     if client_core is not None:
         os.sched_setaffinity(0, client_core)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as scratch:
-        raw = args.raw or Path(scratch) / "profile.txt"
+        raw = args.raw or Path(scratch)
+        raw.mkdir(parents=True, exist_ok=True)
         with (
             stream.upstream(upstream_core) as base_url,
             AppProcess(app_env(base_url, **stream.BENCH_ENV), core=app_core) as app,
         ):
-            cpu, lines = asyncio.run(_profile(app, args.requests, args.rate, raw, client_core))
-    counts, total = shares(lines)
-    if total == 0:
-        raise PerfError("py-spy recorded no samples")
-    coverage = total / args.rate / (cpu * args.requests)
+            rounds = asyncio.run(_profile(app, args.rounds, args.requests, args.rate, raw, client_core))
     print(
-        f"{args.requests} two-event answers one at a time; {total} samples of the app holding the GIL, "
-        f"{coverage:.0%} of its CPU time at {args.rate}/s (below 100% for I/O with the GIL released, above "
-        f"when other processes preempt it); load average {load:.1f} -> {os.getloadavg()[0]:.1f}.\n"
+        f"{args.rounds} rounds of {args.requests} two-event answers, one at a time; py-spy samples of the app "
+        f"holding the GIL at {args.rate}/s; load average {load:.1f} -> {os.getloadavg()[0]:.1f}.\n"
     )
-    print(profile_table(cpu, counts, total))
+    print(profile_table(rounds))
     return 0

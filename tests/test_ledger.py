@@ -4,6 +4,7 @@ DynamoDB through moto in process (AWS itself cannot run here; the table comes fr
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from moto import mock_aws
 
-from chat.keys import key_hash, new_key
+from chat.keys import KeyLookup, key_hash, new_key
 from chat.ledger import Counter, KeyExists, KeyRecord, Ledger, open_ledger
 from chat.ledger.sqlite import SQLiteLedger
 from tests.harness import dynamodb
@@ -156,3 +157,26 @@ def test_the_store_holds_the_hash_not_the_key(ledger: Ledger, tmp_path: Path) ->
     assert key_hash(key).encode() in stored
     secret = key.removeprefix("csk_")
     assert not [secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8].encode() in stored]
+
+
+def test_lookups_are_cached_found_or_not_for_the_cache_time(ledger: Ledger) -> None:
+    """Positive and negative: a key made, disabled or deleted is seen once its cached lookup expires."""
+    now = [0.0]
+    lookup = KeyLookup(ledger, ttl=30, clock=lambda: now[0])
+    key = new_key()
+
+    def find() -> KeyRecord | None:
+        return asyncio.run(lookup.find(key))
+
+    assert find() is None
+    ledger.create_key(record("late", key))
+    now[0] = 29.0
+    assert find() is None  # the miss is still cached
+    now[0] = 30.5
+    assert find() is not None
+    ledger.set_disabled("late", True)
+    now[0] = 60.0
+    assert find() is not None  # the hit is still cached
+    now[0] = 61.0
+    assert find() is None
+    assert asyncio.run(lookup.find("csk_" + key[4:][::-1])) is None

@@ -198,7 +198,6 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     app.state.settings = settings
     app.state.upstream = upstream
     app.state.store = store
-    app.state.ledger = ledger
 
     async def identify(request: Request) -> Caller | Response:
         """The verified caller, or the 401/503 JSON error refusing the request."""

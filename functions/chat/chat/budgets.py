@@ -15,6 +15,7 @@ without it, answers longer than `CHAT_RESERVE_COMPLETION_TOKENS` can.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import math
 from collections.abc import Callable
@@ -128,10 +129,12 @@ class Budgets:
 
     async def settle(self, reservation: Reservation, used: int) -> None:
         """Reconcile the counters to the tokens the request really used."""
+        updates = []
         if reservation.reserved and used != reservation.amount:
-            await self._ledger.adjust_async(reservation.reserved, used - reservation.amount)
+            updates.append(self._ledger.adjust_async(reservation.reserved, used - reservation.amount))
         if reservation.counted and used:
-            await self._ledger.adjust_async(reservation.counted, used)
+            updates.append(self._ledger.adjust_async(reservation.counted, used))
+        await asyncio.gather(*updates)
         now = self._clock()
         if self._purged is None or now - self._purged >= PURGE_INTERVAL:
             self._purged = now

@@ -212,6 +212,7 @@ CALLER_ROWS = [
     ("callers_no_store", "No store (CHAT_STORE_URL=none): the stateless relay"),
     ("callers_counted", "Store, CHAT_AUTH=none, no budget: usage counted after the answer"),
     ("callers_keyed", "CHAT_AUTH=keys + a daily budget: key lookup (cached) and one reservation write"),
+    ("callers_stored", "Keys + budget + a stored conversation (10 turns): the whole path (target ≤ 3)"),
 ]
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness.app_process import AppProcess, app_env
-from tools.perf import stream
+from tools.perf import callers, stream
 from tools.perf.client import STREAM_PATH, PerfError, http_client
 from tools.perf.table import markdown_table
 
@@ -46,8 +46,14 @@ LAYERS: dict[str, tuple[Rule, ...]] = {
     ),
     "FastAPI / Starlette (routing, error middleware, request)": (("/fastapi/", ()), ("/starlette/", ())),
     "body parsing": (("/chat/app.py", ("_read_body",)), ("/chat/chat_request.py", ())),
-    "auth": (("/chat/app.py", ("_BearerToken",)), ("/chat/secrets.py", ())),
-    "store calls": (("/chat/store/", ()),),
+    "auth": (("/chat/secrets.py", ()), ("/chat/caller.py", ())),
+    "store calls": (("/chat/store/", ()), ("/chat/conversation.py", ())),
+    "keys and budgets": (
+        ("/chat/auth.py", ()),
+        ("/chat/keys.py", ()),
+        ("/chat/budgets.py", ()),
+        ("/chat/ledger/", ()),
+    ),
     "route handler (app.py)": (("/chat/app.py", ()),),
     "SDK request pipeline": (("/chat/upstream.py", ("Upstream.",)), ("/openai/", ())),
     # anyio and h11 serve only the HTTP client on this path (uvicorn parses HTTP with httptools).
@@ -153,12 +159,16 @@ class Round:
 
 
 async def _profile(
-    app: AppProcess, rounds: int, requests: int, rate: int, raw: Path, core: set[int] | None
+    app: AppProcess, args: argparse.Namespace, key: str | None, raw: Path, core: set[int] | None
 ) -> list[Round]:
-    """`rounds` rounds of `requests` two-event answers asked one at a time, each sampled on its own."""
-    through_app = stream.Target(f"{app.url}{STREAM_PATH}", direct=False)
+    """Rounds of two-event answers asked one at a time, each sampled on its own."""
+    rounds, requests, rate = args.rounds, args.requests, args.rate
+    conversation = stream.Conversation() if args.whole_path else None
+    through_app = stream.Target(f"{app.url}{STREAM_PATH}", direct=False, conversation=conversation)
     taken = []
     async with http_client() as client:
+        if key is not None:
+            client.headers["authorization"] = f"Bearer {key}"
         for _ in range(WARM_UP):
             await stream.first_event_seconds(client, through_app)
         for number in range(rounds):
@@ -194,6 +204,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=1000, help="two-event answers per round (default 1000)")
     parser.add_argument("--rate", type=int, default=1000, help="py-spy samples per second (default 1000)")
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks in this directory")
+    parser.add_argument(
+        "--whole-path",
+        action="store_true",
+        help="CHAT_AUTH=keys with a daily budget, every request in a stored conversation of 10 turns",
+    )
 
 
 def command(args: argparse.Namespace) -> int:
@@ -206,14 +221,18 @@ def command(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         raw = args.raw or Path(scratch)
         raw.mkdir(parents=True, exist_ok=True)
+        store_url = f"sqlite:///{Path(scratch) / 'chat.sqlite3'}"
+        env = {"CHAT_STORE_URL": store_url, **({"CHAT_AUTH": "keys"} if args.whole_path else {})}
+        key = callers.create_key(store_url) if args.whole_path else None
         with (
             stream.upstream(upstream_core) as base_url,
-            AppProcess(app_env(base_url, **stream.BENCH_ENV), core=app_core) as app,
+            AppProcess(app_env(base_url, **stream.BENCH_ENV, **env), core=app_core) as app,
         ):
-            rounds = asyncio.run(_profile(app, args.rounds, args.requests, args.rate, raw, client_core))
+            rounds = asyncio.run(_profile(app, args, key, raw, client_core))
+    what = "keys + budget + stored conversations (SQLite)" if args.whole_path else "stateless requests, SQLite store"
     print(
-        f"{args.rounds} rounds of {args.requests} two-event answers, one at a time; py-spy samples of the app "
-        f"holding the GIL at {args.rate}/s; load average {load:.1f} -> {os.getloadavg()[0]:.1f}.\n"
+        f"{args.rounds} rounds of {args.requests} two-event answers, one at a time, {what}; py-spy samples of "
+        f"the app holding the GIL at {args.rate}/s; load average {load:.1f} -> {os.getloadavg()[0]:.1f}.\n"
     )
     print(profile_table(rounds))
     return 0

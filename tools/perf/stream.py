@@ -43,16 +43,37 @@ class Sizes:
     held_streams: int
 
 
+@dataclass
+class Conversation:
+    """A stored conversation that requests continue, started afresh every `turns` requests (a chat's length)."""
+
+    turns: int = 10
+    id: str | None = None
+    asked: int = 0
+
+    def body(self, message: str) -> dict[str, object]:
+        if self.id is None or self.asked % self.turns == 0:
+            return {"message": message, "store": True}
+        return {"message": message, "conversation_id": self.id}
+
+    def answered(self, headers: httpx.Headers) -> None:
+        self.id = headers.get("x-conversation-id", self.id)
+        self.asked += 1
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where a chat request goes: the upstream's own endpoint, or the app's."""
+    """Where a chat request goes: the upstream's own endpoint, or the app's (stateless, or in a conversation)."""
 
     url: str
     direct: bool
+    conversation: Conversation | None = None
 
     def body(self, message: str) -> dict[str, object]:
         if self.direct:
             return {"model": "fake-model", "messages": [{"role": "user", "content": message}], "stream": True}
+        if self.conversation is not None:
+            return self.conversation.body(message)
         return {"message": message}
 
 
@@ -88,7 +109,9 @@ async def first_event_seconds(client: httpx.AsyncClient, target: Target, message
     seen = b""
     async with client.stream("POST", target.url, json=target.body(message)) as response:
         if response.status_code != 200:
-            raise PerfError(f"{target.url} answered {response.status_code}")
+            raise PerfError(f"{target.url} answered {response.status_code}: {(await response.aread())[:200]!r}")
+        if target.conversation is not None:
+            target.conversation.answered(response.headers)
         async for chunk in response.aiter_raw():
             if elapsed is None:
                 seen += chunk

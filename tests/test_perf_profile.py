@@ -38,7 +38,8 @@ def test_a_frame_of_a_library_counts_for_the_layer_that_called_it() -> None:
 def test_named_functions_win_over_their_file() -> None:
     assert layer_of([*ROOT, "_Watchdog.run (/repo/functions/chat/chat/relay.py:60)"]).startswith("tasks")
     assert layer_of([*RESPOND, "ChatStream._relay (/repo/functions/chat/chat/relay.py:173)"]).startswith("relay")
-    assert layer_of([*ROOT, "_BearerToken.rejection (/repo/functions/chat/chat/app.py:90)"]) == "auth"
+    assert layer_of([*ROOT, "create_app.<locals>.reserve (/repo/functions/chat/chat/app.py:220)"]).startswith("route")
+    assert layer_of([*ROOT, "_read_body (/repo/functions/chat/chat/app.py:160)"]) == "body parsing"
 
 
 def test_uvloop_itself_is_the_event_loop_and_a_torn_stack_is_other() -> None:

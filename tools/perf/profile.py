@@ -46,14 +46,14 @@ LAYERS: dict[str, tuple[Rule, ...]] = {
     ),
     "FastAPI / Starlette (routing, error middleware, request)": (("/fastapi/", ()), ("/starlette/", ())),
     "body parsing": (("/chat/app.py", ("_read_body",)), ("/chat/chat_request.py", ())),
-    "auth": (("/chat/secrets.py", ()), ("/chat/caller.py", ())),
-    "store calls": (("/chat/store/", ()), ("/chat/conversation.py", ())),
-    "keys and budgets": (
+    "auth and key lookup": (
         ("/chat/auth.py", ()),
         ("/chat/keys.py", ()),
-        ("/chat/budgets.py", ()),
-        ("/chat/ledger/", ()),
+        ("/chat/secrets.py", ()),
+        ("/chat/caller.py", ()),
     ),
+    "store calls": (("/chat/store/", ()), ("/chat/conversation.py", ())),
+    "budgets and usage counters (ledger)": (("/chat/budgets.py", ()), ("/chat/ledger/", ())),
     "route handler (app.py)": (("/chat/app.py", ()),),
     "SDK request pipeline": (("/chat/upstream.py", ("Upstream.",)), ("/openai/", ())),
     # anyio and h11 serve only the HTTP client on this path (uvicorn parses HTTP with httptools).

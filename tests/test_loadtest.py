@@ -22,6 +22,8 @@ SMALL = Options(
     drip_interval=0.01,
     storm=20,
     disconnects=20,
+    conversations=20,
+    turns=3,
 )
 
 FAULT_CASES = [
@@ -55,6 +57,13 @@ def test_concurrent_streams_all_succeed_and_leave_nothing_open(report: Report) -
     assert row.upstream_in_flight_after == 0, table
     assert row.leftover_tasks <= 0, table
     assert row.passed, table
+
+
+def test_concurrent_stored_conversations_lose_and_double_nothing(report: Report) -> None:
+    row = report.conversations
+    assert row is not None
+    assert (row.conversations, row.turns) == (20, 3)
+    assert (row.failed_requests, row.lost_turns, row.duplicated_turns) == (0, 0, 0), format_report(report)
 
 
 @pytest.mark.parametrize("case", FAULT_CASES)

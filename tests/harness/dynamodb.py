@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,22 @@ def moto_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def moto_server_process() -> Iterator[str]:
+    """moto's server as its own process (its CPU not shared with the caller's), one request at a time
+    (tests/harness/moto_serial.py says why); yields its endpoint URL."""
+    import sys
+
+    from tests.harness.ports import free_port
+    from tests.harness.processes import ChildProcess, wait_for_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "tests.harness.moto_serial", "--port", str(port)]
+    with ChildProcess(command, {**os.environ, **TEST_CREDENTIALS}) as server:
+        wait_for_port(port, server)
+        yield f"http://127.0.0.1:{port}"
 
 
 def client(endpoint_url: str | None = None) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -47,12 +48,15 @@ class Seen:
         return f"{self.status}, {len(self.events)} events, last {last[0]}:{last[1][:60]}"
 
 
-async def post(client: httpx.AsyncClient, base_url: str, message: str) -> Seen:
-    """POST one chat message and read the whole answer, as a standard SSE client would."""
+async def post(
+    client: httpx.AsyncClient, base_url: str, message: str, fields: Mapping[str, object] | None = None
+) -> Seen:
+    """POST one chat message (with more body `fields`) and read the whole answer, as a standard SSE client would."""
     seen = Seen()
     started = time.perf_counter()
+    payload = {"message": message, **(fields or {})}
     try:
-        async with client.stream("POST", f"{base_url}{STREAM_PATH}", json={"message": message}) as response:
+        async with client.stream("POST", f"{base_url}{STREAM_PATH}", json=payload) as response:
             seen.status = response.status_code
             seen.headers = dict(response.headers)
             if not response.headers.get("content-type", "").startswith("text/event-stream"):

@@ -52,6 +52,8 @@ class Options:
     storm: int = 200
     disconnects: int = 100
     big_delta_bytes: int = MiB
+    conversations: int = 200
+    turns: int = 5
 
 
 @dataclass

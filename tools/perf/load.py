@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from tests.harness.app_process import AppProcess, app_env
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
 from tests.harness.ports import free_ports
-from tools.perf import faults
+from tools.perf import conversations, faults
 from tools.perf.client import ask, http_client, post
 from tools.perf.faults import FaultRow, Options
 from tools.perf.table import markdown_table
@@ -134,10 +134,12 @@ class Report:
     options: Options
     load: list[LoadRow]
     faults: list[FaultRow]
+    conversations: conversations.ConversationRow | None = None
 
     @property
     def passed(self) -> bool:
-        return all(row.passed for row in self.load) and all(row.passed for row in self.faults)
+        stored = self.conversations is None or self.conversations.passed
+        return stored and all(row.passed for row in self.load) and all(row.passed for row in self.faults)
 
 
 def run(options: Options) -> Report:
@@ -156,7 +158,8 @@ def run(options: Options) -> Report:
             asyncio.run(ask(main.url, "warm-up"))  # the first request imports the SDK: not a load figure
             load = [asyncio.run(load_round(n + 1, main, fake, options)) for n in range(options.rounds)]
             fault_rows = asyncio.run(faults.run_all(main, secret, fake, options, endpoint_port))
-    return Report(options, load, fault_rows)
+        stored = conversations.run(fake, options, timeouts) if options.conversations else None
+    return Report(options, load, fault_rows, stored)
 
 
 # The load table's columns: heading, and the cell's format applied to a LoadRow `r`.
@@ -190,7 +193,14 @@ def format_report(report: Report) -> str:
     fault_rows = [[f.case, f.expected, f.saw, _verdict(f.passed)] for f in report.faults]
     faults_table = markdown_table(["fault", "expected", "client saw", "pass"], fault_rows)
     options = ", ".join(f"{f.name}={getattr(report.options, f.name)}" for f in fields(report.options))
-    return "\n".join(["Options: " + options, "", "Load", load, *errors, "", "Faults", faults_table])
+    lines = ["Options: " + options, "", "Load", load, *errors, "", "Faults", faults_table]
+    row = report.conversations
+    if row is not None:
+        cells = [cell.format(r=row) for _, cell in conversations.COLUMNS] + [_verdict(row.passed)]
+        lines += ["", "Conversations (DynamoDB on moto's server)"]
+        lines.append(markdown_table([heading for heading, _ in conversations.COLUMNS] + ["pass"], [cells]))
+        lines += [f"first error: {row.first_error}"] if row.first_error else []
+    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -119,7 +119,12 @@ class DynamoDBStore(Store):
                 import boto3
                 from botocore.config import Config
 
-                config = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 3})
+                config = Config(
+                    connect_timeout=3,
+                    read_timeout=10,
+                    retries={"mode": "standard", "max_attempts": 3},
+                    max_pool_connections=self.workers,  # one per store thread (botocore's default is 10)
+                )
                 self._client = boto3.session.Session().client("dynamodb", config=config)
             return self._client
 

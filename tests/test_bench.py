@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools.perf import stored
 from tools.perf.bench import CALLER_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def test_quick_bench_prints_every_row_with_figures() -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     tables = [block.splitlines() for block in result.stdout.split("\n\n") if block.startswith("|")]
-    table, callers = tables
+    table, callers, stored_rows, calls = tables
     assert [cell.strip() for cell in table[0].strip("|").split("|")] == [
         "Measure",
         "service: median (min\N{EN DASH}max)",
@@ -63,3 +64,18 @@ def test_quick_bench_prints_every_row_with_figures() -> None:
     ]
     for label, figure in caller_rows.items():
         assert FIGURE.match(figure), f"{label}: {figure!r}"
+    stored_cells = {
+        row[0]: row[1] for row in ([cell.strip() for cell in line.strip("|").split("|")] for line in stored_rows[2:])
+    }
+    assert list(stored_cells) == [label for _, label in stored.ROWS] + [
+        "Storing, new, over the stateless relay",
+        "Storing, continued, over the stateless relay",
+    ]
+    for label, figure in stored_cells.items():
+        assert FIGURE.match(figure), f"{label}: {figure!r}"
+    counted = {
+        row[0]: row[1:3] for row in ([cell.strip() for cell in line.strip("|").split("|")] for line in calls[2:])
+    }
+    # A new conversation reads nothing before the model is called; a continued one reads once.
+    assert counted["load"] == ["0", "1"]
+    assert counted["begin_turn"] == counted["finish_turn"] == ["1", "1"]

@@ -14,7 +14,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 
-from tools.perf import callers, cold, cpu_share, stream
+from tools.perf import callers, cold, cpu_share, stored, stream
 from tools.perf.stream import Placement, Sizes
 from tools.perf.table import markdown_table
 
@@ -189,6 +189,10 @@ def command(args: argparse.Namespace) -> int:
     with stream.upstream(placement[1] if placement is not None else None) as base_url:
         for _ in range(args.runs):
             _collect(identified, callers.measure(base_url, SHARE_REQUESTS[sizes], placement))
+        _progress("stored conversations")
+        for _ in range(args.runs):
+            _collect(identified, stored.measure(base_url, SHARE_REQUESTS[sizes], placement))
+        calls = stored.store_calls(base_url)
     _progress("Lambda CPU shares")
     measure_shares(apps, args.lambda_memory, SHARE_REQUESTS[sizes], args.runs, results, placement)
     if not args.skip_cold_start:
@@ -205,6 +209,10 @@ def command(args: argparse.Namespace) -> int:
     print(table(rows(sizes, not args.skip_cold_start, args.lambda_memory), results))
     print(f"\nCallers and budgets, SQLite store, 1 stream, {SHARE_REQUESTS[sizes]} requests per variant and run:\n")
     print(callers_table(identified))
+    print(f"\nStored conversations, SQLite store, 1 stream, {SHARE_REQUESTS[sizes]} requests per variant and run:\n")
+    print(stored_table(identified))
+    print("\nStore calls per stored request (counted), and when they run:\n")
+    print(markdown_table(["Store call", "new", "continued", "when"], stored.calls_table(calls)))
     return 0
 
 
@@ -221,4 +229,13 @@ def callers_table(figures: Figures) -> str:
     lines = [[label, _figure(figures[key], 2)] for key, label in CALLER_ROWS]
     extra = [keyed - plain for keyed, plain in zip(figures["callers_keyed"], figures["callers_no_store"], strict=True)]
     lines.append(["Key lookup + reservation, over the stateless relay", _figure(extra, 2)])
+    return markdown_table(["Added time to first event, median (ms)", f"service: median (min{DASH}max)"], lines)
+
+
+def stored_table(figures: Figures) -> str:
+    """Added time to first event of stored requests, and what storing adds over the stateless relay."""
+    lines = [[label, _figure(figures[key], 2)] for key, label in stored.ROWS]
+    for key, label in (("stored_new", "new"), ("stored_continued", "continued")):
+        extra = [a - b for a, b in zip(figures[key], figures["stored_none"], strict=True)]
+        lines.append([f"Storing, {label}, over the stateless relay", _figure(extra, 2)])
     return markdown_table(["Added time to first event, median (ms)", f"service: median (min{DASH}max)"], lines)

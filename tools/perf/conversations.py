@@ -113,12 +113,16 @@ async def conversation_round(service: AppProcess, options: Options) -> Conversat
     )
 
 
-def run(fake: FakeOpenAI, options: Options, timeouts: dict[str, str]) -> ConversationRow:
+# The round checks what is stored, not timeouts: the service's defaults, whatever the fault cases use.
+ROUND_TIMEOUTS = {"OPENAI_FIRST_TOKEN_TIMEOUT": "120", "OPENAI_IDLE_TIMEOUT": "30"}
+
+
+def run(fake: FakeOpenAI, options: Options) -> ConversationRow:
     """The round against its own app process, its store a fresh table on moto's server."""
     table = f"load-{time.time_ns()}"
     with dynamodb.moto_server_process() as endpoint:
         dynamodb.create_table(dynamodb.client(endpoint), table)
-        env = app_env(fake.base_url, **timeouts, **dynamodb.server_env(endpoint, table))
+        env = app_env(fake.base_url, **ROUND_TIMEOUTS, **dynamodb.server_env(endpoint, table))
         with AppProcess(env) as service:
             return asyncio.run(conversation_round(service, options))
 

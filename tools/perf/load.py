@@ -158,7 +158,7 @@ def run(options: Options) -> Report:
             asyncio.run(ask(main.url, "warm-up"))  # the first request imports the SDK: not a load figure
             load = [asyncio.run(load_round(n + 1, main, fake, options)) for n in range(options.rounds)]
             fault_rows = asyncio.run(faults.run_all(main, secret, fake, options, endpoint_port))
-        stored = conversations.run(fake, options, timeouts) if options.conversations else None
+        stored = conversations.run(fake, options) if options.conversations else None
     return Report(options, load, fault_rows, stored)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.harness import dynamodb
 from tests.harness.fake_openai import FakeOpenAI, deltas
 from tests.harness.ports import free_port
 from tests.harness.processes import ChildProcess, wait_for_port
@@ -74,3 +75,43 @@ def test_the_chat_page_and_its_assets_are_served(local_api: str) -> None:
         served = response.content.replace(b'data-conversations="on"', b'data-conversations="off"')
         assert served == (page_dir / name).read_bytes()
         assert "script-src 'self'" in response.headers["content-security-policy"]
+
+
+@pytest.fixture(scope="module")
+def local_api_with_table(fake: FakeOpenAI) -> Iterator[str]:
+    """As `sam local start-api --env-vars` with CHAT_STORE_URL and AWS_ENDPOINT_URL_DYNAMODB set (README):
+    DynamoDB is moto's server (AWS cannot run here), the table created from template.yaml."""
+    table = unique("chat")
+    with dynamodb.moto_server() as endpoint:
+        dynamodb.create_table(dynamodb.client(endpoint), table)
+        env = runtime_env(fake, AWS_SAM_LOCAL="true", **dynamodb.server_env(endpoint, table))
+        with emulator(env) as (invoke_url, _):
+            port = free_port()
+            command = [
+                str(sam_tool("python")),
+                str(ROOT / "tests" / "harness" / "sam_local_api.py"),
+                str(ROOT / "template.yaml"),
+            ]
+            with ChildProcess([*command, str(port), invoke_url], dict(os.environ)) as sam:
+                wait_for_port(port, sam)
+                yield f"http://127.0.0.1:{port}"
+
+
+def test_conversations_work_through_the_template_routes(local_api_with_table: str, fake: FakeOpenAI) -> None:
+    api = local_api_with_table
+    first = fake.script(unique(), deltas("One"))
+    started = httpx.post(f"{api}/api/chat/stream", json={"message": first, "store": True}, timeout=60)
+    assert started.status_code == 200
+    conversation_id = started.headers["x-conversation-id"]
+    second = fake.script(unique(), deltas("Two"))
+    continued = httpx.post(
+        f"{api}/api/chat/stream", json={"message": second, "conversation_id": conversation_id}, timeout=60
+    )
+    assert decode_sse(continued.content) == [("message", "Two"), ("message", "[DONE]")]
+    listed = httpx.get(f"{api}/api/conversations", timeout=60).json()
+    assert [c["id"] for c in listed["conversations"]] == [conversation_id]
+    stored = httpx.get(f"{api}/api/conversations/{conversation_id}", timeout=60).json()
+    assert [m["content"] for m in stored["messages"]] == [first, "One", second, "Two"]
+    assert httpx.post(f"{api}/api/conversations/{conversation_id}/stop", timeout=60).status_code == 204
+    assert httpx.delete(f"{api}/api/conversations/{conversation_id}", timeout=60).status_code == 204
+    assert httpx.get(f"{api}/api/conversations/{conversation_id}", timeout=60).status_code == 404

@@ -326,12 +326,14 @@ def _store_status(error: StoreError) -> int:
 
 
 async def _discard(opening: asyncio.Future[OpenStream]) -> None:
-    """Cancel an upstream request nobody will read, or close the stream it already opened."""
-    if not opening.done():
-        opening.cancel()
-    with contextlib.suppress(BaseException):
-        stream = await opening
-        await stream.aclose()
+    """Cancel an upstream request nobody will read, or close the stream it already opened.
+
+    `asyncio.wait` neither raises the request's own failure nor swallows a cancellation of the caller."""
+    opening.cancel()
+    await asyncio.wait((opening,))
+    if not opening.cancelled() and opening.exception() is None:
+        with contextlib.suppress(Exception):
+            await opening.result().aclose()
 
 
 async def _disconnected(receive: Receive) -> None:

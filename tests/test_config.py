@@ -42,6 +42,11 @@ SETTINGS: dict[str, tuple[str, str, object]] = {
     "stop_poll_seconds": ("CHAT_STOP_POLL_SECONDS", "0.05", 0.05),
     "answer_lock_seconds": ("CHAT_ANSWER_LOCK_SECONDS", "60", 60.0),
     "history_token_budget": ("CHAT_HISTORY_TOKEN_BUDGET", "4000", 4000),
+    "resume_batch_seconds": ("CHAT_RESUME_BATCH_SECONDS", "0.25", 0.25),
+    "resume_batch_bytes": ("CHAT_RESUME_BATCH_BYTES", "65536", 65536),
+    "resume_ttl_seconds": ("CHAT_RESUME_TTL_SECONDS", "120", 120.0),
+    "resume_poll_seconds": ("CHAT_RESUME_POLL_SECONDS", "1", 1.0),
+    "resume_max_followers": ("CHAT_RESUME_MAX_FOLLOWERS", "2", 2),
     "auth": ("CHAT_AUTH", " Keys ", "keys"),
     "key_cache_seconds": ("CHAT_KEY_CACHE_SECONDS", "5", 5.0),
     "budget_tokens_per_day": ("CHAT_BUDGET_TOKENS_PER_DAY", "100000", 100000),
@@ -136,3 +141,8 @@ def test_runtime_settings_come_from_the_template_variables() -> None:
         rest_streaming_routes=frozenset({"POST /api/chat/stream", "GET /x"}),
         sam_local=True,
     )
+
+
+def test_a_resume_batch_over_one_dynamodb_item_is_refused() -> None:
+    with pytest.raises(ConfigError, match="CHAT_RESUME_BATCH_BYTES must be at most 300000"):
+        Settings.from_env({"CHAT_RESUME_BATCH_BYTES": "400000"})

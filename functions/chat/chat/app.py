@@ -30,6 +30,8 @@ from .ledger import LedgerUnavailable, open_ledger
 from .observability import logger
 from .page import add_page_routes
 from .relay import ChatStream, error_response
+from .resumable import Resumables
+from .resume_api import add_resume_route
 from .secrets import SecretSource
 from .store import StoreError, open_store
 from .store.dynamodb import DynamoDBStore
@@ -62,6 +64,11 @@ _CHAT_OPENAPI = {
                             "type": "boolean",
                             "description": "Start a new stored conversation with this message; its id is in the"
                             " `X-Conversation-Id` response header.",
+                        },
+                        "resumable": {
+                            "type": "boolean",
+                            "description": "With `store` or `conversation_id`: events carry `id:` lines, the answer"
+                            " runs on if the client leaves, and `GET /api/conversations/{id}/stream` resumes it.",
                         },
                         "conversation_id": {
                             "type": "string",
@@ -225,6 +232,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     app.state.settings = settings
     app.state.upstream = upstream
     app.state.store = store
+    resumables = Resumables(store, settings) if store is not None else None
 
     async def identify(request: Request) -> Caller | Response:
         """The verified caller, or the 401/503 JSON error refusing the request."""
@@ -268,14 +276,17 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         caller = await identify(request)
         if isinstance(caller, Response):
             return caller
-        turn = None
+        turn = journal = None
         try:
             body = await _read_body(request, settings.max_body_bytes)
             chat = parse_chat_request(
                 body, max_history_turns=settings.max_history_turns, conversations=store is not None
             )
             if store is not None and chat.stored:
+                resumable = chat.resumable
                 chat, turn = await start_turn(store, settings, caller.name, chat)
+                if resumable and resumables is not None:
+                    journal = resumables.journal(caller.name, turn.conversation_id, turn.seq)
         except BadRequest as error:
             return error_response(error.status, error.message)
         except StoreError as error:
@@ -283,7 +294,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         reservation = await reserve(caller, chat)  # over the whole prompt, stored turns included
         if isinstance(reservation, Response):
             return reservation
-        return ChatStream(chat, upstream, settings, caller.name, turn, settlement(reservation))
+        return ChatStream(chat, upstream, settings, caller.name, turn, settlement(reservation), journal)
 
     @app.get("/api/usage", response_model=None, responses=_USAGE_OPENAPI)
     async def usage(request: Request) -> Response:
@@ -307,8 +318,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     add_page_routes(app, conversations=store is not None)
-    if store is not None:
+    if store is not None and resumables is not None:
         add_conversation_routes(app, store, owner)
+        add_resume_route(app, resumables, owner)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:

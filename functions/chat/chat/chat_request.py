@@ -37,6 +37,8 @@ class ChatRequest:
     """Start a new stored conversation with this message."""
     conversation_id: str | None = None
     """Continue this stored conversation (its turns become the history)."""
+    resumable: bool = False
+    """Keep the answer's events so a client can reconnect to it (stored conversations only)."""
 
     @property
     def stored(self) -> bool:
@@ -69,8 +71,13 @@ def _turn(item: object, index: int) -> Turn:
     return Turn(role=str(role), content=_encodable(content, f"history[{index}].content"))
 
 
-def _conversation_fields(data: dict[str, object]) -> tuple[bool, str | None]:
+def _conversation_fields(data: dict[str, object]) -> tuple[bool, str | None, bool]:
     store, conversation_id = data.get("store", False), data.get("conversation_id")
+    resumable = data.get("resumable", False)
+    if not isinstance(resumable, bool):
+        raise BadRequest("resumable must be true or false")
+    if resumable and not store and conversation_id is None:
+        raise BadRequest("resumable needs a stored conversation: send store or conversation_id with it")
     if not isinstance(store, bool):
         raise BadRequest("store must be true or false")
     if conversation_id is not None and not isinstance(conversation_id, str):
@@ -81,7 +88,7 @@ def _conversation_fields(data: dict[str, object]) -> tuple[bool, str | None]:
         raise BadRequest(
             "history cannot be combined with store or conversation_id: a stored conversation's turns are its history"
         )
-    return store, conversation_id
+    return store, conversation_id, resumable
 
 
 def parse_chat_request(body: bytes, *, max_history_turns: int, conversations: bool = False) -> ChatRequest:
@@ -100,9 +107,9 @@ def parse_chat_request(body: bytes, *, max_history_turns: int, conversations: bo
         raise BadRequest()
     _encodable(message, "message")
     if conversations:
-        store, conversation_id = _conversation_fields(data)
+        store, conversation_id, resumable = _conversation_fields(data)
         if store or conversation_id is not None:
-            return ChatRequest(message=message, store=store, conversation_id=conversation_id)
+            return ChatRequest(message=message, store=store, conversation_id=conversation_id, resumable=resumable)
     history = data.get("history")
     if history is None:
         return ChatRequest(message=message)

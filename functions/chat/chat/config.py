@@ -61,6 +61,14 @@ def _optional_whole(env: Mapping[str, str], name: str) -> int | None:
 
 
 AUTH_MODES = ("none", "keys", "iam")
+MAX_RESUME_BATCH_BYTES = 300_000  # one batch is one DynamoDB item, and items stop at 400 KB
+
+
+def _batch_bytes(env: Mapping[str, str]) -> int:
+    value = _whole(env, "CHAT_RESUME_BATCH_BYTES", Settings.resume_batch_bytes, minimum=1)
+    if value > MAX_RESUME_BATCH_BYTES:
+        raise ConfigError(f"CHAT_RESUME_BATCH_BYTES must be at most {MAX_RESUME_BATCH_BYTES}, got {value}")
+    return value
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -104,6 +112,12 @@ class Settings:
     stop_poll_seconds: float = 0.5
     answer_lock_seconds: float = 900.0
     history_token_budget: int = 16000
+    # Resumable answers (events kept in the store for followers).
+    resume_batch_seconds: float = 0.5
+    resume_batch_bytes: int = 32 * 1024
+    resume_ttl_seconds: float = 600.0
+    resume_poll_seconds: float = 0.5
+    resume_max_followers: int = 5
     # Callers and budgets (usage counters live in the same store).
     auth: str = "none"
     key_cache_seconds: float = 30.0
@@ -138,6 +152,11 @@ class Settings:
             stop_poll_seconds=_number(env, "CHAT_STOP_POLL_SECONDS", cls.stop_poll_seconds, minimum=0.05),
             answer_lock_seconds=_number(env, "CHAT_ANSWER_LOCK_SECONDS", cls.answer_lock_seconds, minimum=1),
             history_token_budget=_whole(env, "CHAT_HISTORY_TOKEN_BUDGET", cls.history_token_budget, minimum=16),
+            resume_batch_seconds=_number(env, "CHAT_RESUME_BATCH_SECONDS", cls.resume_batch_seconds, minimum=0.01),
+            resume_batch_bytes=_batch_bytes(env),
+            resume_ttl_seconds=_number(env, "CHAT_RESUME_TTL_SECONDS", cls.resume_ttl_seconds, minimum=1),
+            resume_poll_seconds=_number(env, "CHAT_RESUME_POLL_SECONDS", cls.resume_poll_seconds, minimum=0.05),
+            resume_max_followers=_whole(env, "CHAT_RESUME_MAX_FOLLOWERS", cls.resume_max_followers, minimum=1),
             auth=_choice(env, "CHAT_AUTH", AUTH_MODES, cls.auth),
             key_cache_seconds=_number(env, "CHAT_KEY_CACHE_SECONDS", cls.key_cache_seconds),
             budget_tokens_per_day=_optional_whole(env, "CHAT_BUDGET_TOKENS_PER_DAY"),

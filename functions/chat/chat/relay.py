@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -25,6 +26,9 @@ from .conversation import STOPPED, ConversationTurn
 from .store.base import ConversationNotFound, StoreBusy, StoreError
 from .upstream import OpenStream, StreamFailed, Upstream, UpstreamError
 from .usage import NO_USAGE, Usage, estimate_messages, estimate_text
+
+if TYPE_CHECKING:
+    from .resumable import Journal
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -104,8 +108,12 @@ class ChatStream(Response):
         caller: str,
         turn: ConversationTurn | None = None,
         on_end: Callable[[Usage], Awaitable[None]] | None = None,
+        journal: Journal | None = None,
     ) -> None:
-        """`on_end` gets the request's usage once, before the stream's last event (budget reconciliation)."""
+        """`on_end` gets the request's usage once, before the stream's last event (budget reconciliation).
+
+        With a `journal` (a resumable answer) events carry ids and are kept for followers, and a
+        client that leaves does not cancel the answer: it runs to its end, a stop or the deadline."""
         self.chat = chat
         self.turn = turn
         self.upstream = upstream
@@ -116,13 +124,20 @@ class ChatStream(Response):
         self.completion_estimate = 0
         self.on_end = on_end
         self.settled = False
+        self.journal = journal
+        self.client_gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        if self.journal is not None:
+            send = self._while_connected(send)
         relay = asyncio.ensure_future(self._respond(scope, send, started))
         listener = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait((relay, listener), return_when=asyncio.FIRST_COMPLETED)
+            if self.journal is not None and not relay.done():
+                self.client_gone = self.outcome.client_disconnected = True
+                await relay  # kept for followers: the answer runs on without its first client
         finally:
             if not relay.done():
                 relay.cancel()
@@ -136,6 +151,19 @@ class ChatStream(Response):
                 await self.turn.finish(status, self.outcome.usage)
             self.outcome.duration_seconds = time.perf_counter() - started
             observability.record(self.outcome)
+
+    def _while_connected(self, send: Send) -> Send:
+        """`send`, silenced once the client has gone (a resumable answer runs on without it)."""
+
+        async def sender(message: Message) -> None:
+            if self.client_gone:
+                return
+            try:
+                await send(message)
+            except OSError:
+                self.client_gone = True
+
+        return sender
 
     async def _settle(self) -> None:
         """Once per request, before its last event or error body: fix its usage and hand it to `on_end`,
@@ -242,6 +270,8 @@ class ChatStream(Response):
         self.outcome.status = 200
         headers = SSE_HEADERS if self.turn is None else [*SSE_HEADERS, self.turn.header]
         await send({"type": "http.response.start", "status": 200, "headers": headers, "trailers": trailers})
+        if self.journal is not None:
+            self.journal.start()
 
     async def _relay(
         self,
@@ -281,9 +311,12 @@ class ChatStream(Response):
                                 self.completion_estimate += estimate_text(content)
                             if turn is not None:
                                 turn.add(contents)
-                            body = (
-                                sse.message(contents[0]) if len(contents) == 1 else b"".join(map(sse.message, contents))
-                            )
+                            if self.journal is not None:
+                                body = self.journal.messages(contents)
+                            elif len(contents) == 1:
+                                body = sse.message(contents[0])
+                            else:
+                                body = b"".join(map(sse.message, contents))
                             watchdog.sending = True
                             await send({"type": "http.response.body", "body": body, "more_body": True})
                             watchdog.sending = False
@@ -310,7 +343,10 @@ class ChatStream(Response):
         if self.turn is not None and not await self.turn.finish(status, self.outcome.usage) and kind is None:
             kind, failure_message = "store", "The answer could not be saved in the conversation."
         self.outcome.error_kind = kind
-        ending = sse.DONE if kind is None else sse.error(failure_message)
+        if self.journal is not None:
+            ending = await self.journal.end(kind, failure_message)
+        else:
+            ending = sse.DONE if kind is None else sse.error(failure_message)
         await send({"type": "http.response.body", "body": ending, "more_body": False})
         if trailers:
             fields = [] if kind is None else stream_trailers.error_trailers(kind, failure_message)

@@ -10,7 +10,9 @@ Every backend offers the same semantics, which the behavioural suite checks on e
 - `finish_turn` stores the answer and releases the lock in one atomic step;
 - a stop flag on the lock, set by `request_stop` from any process, read by
   `stop_requested` in the process that streams;
-- expired conversations are invisible to every read, whatever the backend's purge lag.
+- expired conversations are invisible to every read, whatever the backend's purge lag;
+- a resumable answer's events are kept as batches keyed by (turn, first event index),
+  written in order by one writer, each with its own expiry (`write_events`, `read_events`).
 
 Backends implement blocking methods (`_load`, ...); the async methods run them on the
 store's own threads, so no call blocks the event loop.
@@ -173,6 +175,30 @@ class TurnEnd:
     """The tokens this answer used, stored with it (None when the model was never reached)."""
 
 
+@dataclass(frozen=True)
+class EventBatch:
+    """Consecutive events of one resumable answer, from index `first`: `(kind, data)` pairs.
+
+    Kinds: `m` a message, `d` the `[DONE]` end, `e` an error end (data is its message).
+    `ended_at` is set on the batch that holds the end."""
+
+    owner: str
+    conversation_id: str
+    seq: int
+    first: int
+    events: tuple[tuple[str, str], ...]
+    expires_at: int
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AnswerEvents:
+    """A resumable answer's stored batches from a given index on (`seq` None: no resumable answer)."""
+
+    seq: int | None
+    batches: tuple[EventBatch, ...]
+
+
 class Store(abc.ABC):
     """The async interface; `calls` counts operations per name (for the benchmark's store rows)."""
 
@@ -224,6 +250,19 @@ class Store(abc.ABC):
             "stop_requested", functools.partial(self._stop_requested, owner, conversation_id, turn_id)
         )
 
+    async def write_events(self, batch: EventBatch) -> None:
+        """Store (or replace) one batch of a resumable answer's events."""
+        await self._run("write_events", functools.partial(self._write_events, batch))
+
+    async def read_events(
+        self, owner: str, conversation_id: str, seq: int | None, since: int, now: float, *, check: bool
+    ) -> AnswerEvents | None:
+        """The unexpired batches of answer `seq` (None: the newest resumable one) starting at or after index
+        `since`; with `check`, None when the conversation is not the owner's (or gone)."""
+        return await self._run(
+            "read_events", functools.partial(self._read_events, owner, conversation_id, seq, since, now, check)
+        )
+
     async def delete(self, owner: str, conversation_id: str, now: float) -> bool:
         """Remove every item of the conversation; False when there was no such conversation."""
         return await self._run("delete", functools.partial(self._delete, owner, conversation_id, now))
@@ -261,3 +300,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def _delete(self, owner: str, conversation_id: str, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    def _write_events(self, batch: EventBatch) -> None: ...
+
+    @abc.abstractmethod
+    def _read_events(
+        self, owner: str, conversation_id: str, seq: int | None, since: int, now: float, check: bool
+    ) -> AnswerEvents | None: ...

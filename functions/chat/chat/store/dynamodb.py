@@ -14,6 +14,8 @@ A conversation (`pk = CONV#<owner digest>#<id>`):
     sk = TURN#<seq:08>#1#<part:04>  the answer, split over items of at most 350 kB (items stop at 400 kB);
                                     part 0 carries role/status and is written last, so a reader
                                     never sees half an answer
+    sk = EVENTS#<seq:08>#<first:08> a resumable answer's events from index <first> (one item per batch,
+                                    JSON `events`, `ended_at` on the last); its own short expiry
 
 Reads of one conversation are one strongly consistent Query. `begin_turn` and
 `finish_turn` are each one TransactWriteItems (plus one PutItem per extra 350 kB of
@@ -24,6 +26,7 @@ boto3 is imported on first use, not at import: a stateless cold start never pays
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -31,9 +34,11 @@ from typing import Any
 
 from ..usage import Usage
 from .base import (
+    AnswerEvents,
     Conversation,
     ConversationNotFound,
     ConversationSummary,
+    EventBatch,
     Message,
     Page,
     StopResult,
@@ -68,6 +73,10 @@ def conversation_pk(owner: str, conversation_id: str) -> str:
 
 def turn_sk(seq: int, answer_part: int | None = None) -> str:
     return f"TURN#{seq:08d}#0" if answer_part is None else f"TURN#{seq:08d}#1#{answer_part:04d}"
+
+
+def events_sk(seq: int, first: int) -> str:
+    return f"EVENTS#{seq:08d}#{first:08d}"
 
 
 def split_utf8(text: str, limit: int = PART_BYTES) -> list[str]:
@@ -168,7 +177,7 @@ class DynamoDBStore(Store):
         oldest = None
         for item in self._items(conversation_pk(owner, conversation_id)):
             sk = item["sk"]["S"]
-            if sk == "LOCK":
+            if sk == "LOCK" or sk.startswith("EVENTS#"):
                 continue
             expires = int(item["expires_at"]["N"]) if "expires_at" in item else None
             if expires is not None:
@@ -384,7 +393,9 @@ class DynamoDBStore(Store):
         """Move every item's TTL forward, so an active conversation's first turns do not expire."""
         client = self.client()
         for item in list(self._items(pk, keys_only=True)):
-            if item["sk"]["S"] == "LOCK" or int(item.get("expires_at", {"N": "0"})["N"]) >= expires_at:
+            if item["sk"]["S"] == "LOCK" or item["sk"]["S"].startswith("EVENTS#"):
+                continue  # the lock and resumable events keep their own, shorter expiry
+            if int(item.get("expires_at", {"N": "0"})["N"]) >= expires_at:
                 continue
             try:
                 client.update_item(
@@ -463,3 +474,62 @@ class DynamoDBStore(Store):
             else:
                 raise StoreUnavailable("The conversation store is throttling deletes; try again.")
         return True
+
+    def _write_events(self, batch: EventBatch) -> None:
+        item = {
+            "pk": _s(conversation_pk(batch.owner, batch.conversation_id)),
+            "sk": _s(events_sk(batch.seq, batch.first)),
+            "events": _s(json.dumps(batch.events, ensure_ascii=False)),
+            "expires_at": _n(batch.expires_at),
+        }
+        if batch.ended_at is not None:
+            item["ended_at"] = _n(batch.ended_at)
+        self.client().put_item(TableName=self.table, Item=item)
+
+    def _read_events(
+        self, owner: str, conversation_id: str, seq: int | None, since: int, now: float, check: bool
+    ) -> AnswerEvents | None:
+        pk = conversation_pk(owner, conversation_id)
+        if check and not self._exists(pk, now):
+            return None
+        client = self.client()
+        if seq is None:
+            newest = client.query(
+                TableName=self.table,
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :events)",
+                FilterExpression="#e > :now",
+                ExpressionAttributeNames={"#e": "expires_at"},
+                ExpressionAttributeValues={":pk": _s(pk), ":events": _s("EVENTS#"), ":now": _n(now)},
+                ProjectionExpression="sk",
+                ScanIndexForward=False,
+                ConsistentRead=True,
+                Limit=1,
+            ).get("Items", [])
+            if not newest:
+                return AnswerEvents(None, ())
+            seq = int(newest[0]["sk"]["S"].split("#")[1])
+        request: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {
+                ":pk": _s(pk),
+                ":low": _s(events_sk(seq, since)),
+                ":high": _s(events_sk(seq, 99_999_999)),
+            },
+            "ConsistentRead": True,
+        }
+        batches = []
+        while True:
+            page = client.query(**request)
+            for item in page.get("Items", []):
+                if int(item["expires_at"]["N"]) <= now:
+                    continue
+                events = tuple((kind, data) for kind, data in json.loads(item["events"]["S"]))
+                ended = float(item["ended_at"]["N"]) if "ended_at" in item else None
+                first = int(item["sk"]["S"].rsplit("#", 1)[1])
+                batches.append(
+                    EventBatch(owner, conversation_id, seq, first, events, int(item["expires_at"]["N"]), ended)
+                )
+            if "LastEvaluatedKey" not in page:
+                return AnswerEvents(seq, tuple(batches))
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

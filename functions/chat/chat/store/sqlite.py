@@ -8,15 +8,18 @@ Expired conversations are purged at most once an hour, by the process that write
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from pathlib import Path
 
 from ..usage import Usage
 from .base import (
+    AnswerEvents,
     Conversation,
     ConversationNotFound,
     ConversationSummary,
+    EventBatch,
     Message,
     Page,
     StopResult,
@@ -50,6 +53,10 @@ CREATE TABLE IF NOT EXISTS locks (
     owner TEXT NOT NULL, conversation_id TEXT NOT NULL, turn_id TEXT NOT NULL,
     expires_at REAL NOT NULL, stop INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, conversation_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS answer_events (
+    owner TEXT NOT NULL, conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, first INTEGER NOT NULL,
+    events TEXT NOT NULL, ended_at REAL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, conversation_id, seq, first)) WITHOUT ROWID;
 """
 
 
@@ -115,6 +122,7 @@ class SQLiteStore(Store):
             expired = "SELECT owner, id FROM conversations WHERE expires_at <= ?"
             db.execute(f"DELETE FROM messages WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
             db.execute(f"DELETE FROM locks WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
+            db.execute("DELETE FROM answer_events WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
         return db
 
@@ -279,6 +287,7 @@ class SQLiteStore(Store):
             if found:
                 for table, column in (
                     ("messages", "conversation_id"),
+                    ("answer_events", "conversation_id"),
                     ("locks", "conversation_id"),
                     ("conversations", "id"),
                 ):
@@ -286,3 +295,47 @@ class SQLiteStore(Store):
             return found
         finally:
             db.execute("COMMIT")
+
+    def _write_events(self, batch: EventBatch) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO answer_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                owner_key(batch.owner),
+                batch.conversation_id,
+                batch.seq,
+                batch.first,
+                json.dumps(batch.events, ensure_ascii=False),
+                batch.ended_at,
+                batch.expires_at,
+            ),
+        )
+
+    def _read_events(
+        self, owner: str, conversation_id: str, seq: int | None, since: int, now: float, check: bool
+    ) -> AnswerEvents | None:
+        key = owner_key(owner)
+        db = self._db()
+        try:
+            db.execute("BEGIN")
+            if check and self._summary(db, key, conversation_id, now) is None:
+                return None
+            if seq is None:
+                row = db.execute(
+                    "SELECT MAX(seq) FROM answer_events WHERE owner = ? AND conversation_id = ? AND expires_at > ?",
+                    (key, conversation_id, now),
+                ).fetchone()
+                seq = row[0]
+                if seq is None:
+                    return AnswerEvents(None, ())
+            rows = db.execute(
+                "SELECT first, events, ended_at, expires_at FROM answer_events WHERE owner = ?"
+                " AND conversation_id = ? AND seq = ? AND first >= ? AND expires_at > ? ORDER BY first",
+                (key, conversation_id, seq, since, now),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        batches = tuple(
+            EventBatch(owner, conversation_id, seq, first, tuple((k, d) for k, d in json.loads(events)), expires, ended)
+            for first, events, ended, expires in rows
+        )
+        return AnswerEvents(seq, batches)

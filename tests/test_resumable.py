@@ -1,0 +1,286 @@
+"""Resumable answers over real HTTP: cut a client mid-answer, reconnect with its last id, miss nothing.
+
+The fake model paces its tokens; the app runs under uvicorn with SQLite on a temp file or
+DynamoDB through moto in process (AWS itself cannot run here; the table comes from
+template.yaml). "Another instance" is a second app on the same store: it has none of the
+producer's memory, so its followers read the store, as on another Lambda instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from moto import mock_aws
+
+from chat.app import create_app
+from chat.conversation import STOPPED
+from tests.harness import dynamodb
+from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, Step
+from tests.harness.support import AppServer, settings_for, unique
+from tests.test_conversations import ALICE, BOB, PRINCIPAL_HEADER, AsCaller
+
+Event = tuple[str | None, str, str]  # (id, event, data)
+RESUME = {"resume_batch_seconds": 0.05, "resume_poll_seconds": 0.05, "stop_poll_seconds": 0.1}
+
+
+def parse(raw: bytes) -> list[Event]:
+    """Standard SSE decoding (httpx-sse), keeping each event's id."""
+    from httpx_sse import EventSource
+
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=raw)
+    return [(event.id or None, event.event, event.data) for event in EventSource(response).iter_sse()]
+
+
+class Instance:
+    """One app (one process's worth of memory) serving the shared store."""
+
+    def __init__(self, server: AppServer) -> None:
+        self.url = server.url
+
+    def open(self, method: str, path: str, caller: str = ALICE, **kwargs: Any) -> tuple[httpx.Client, httpx.Response]:
+        client = httpx.Client(timeout=30)
+        headers = {PRINCIPAL_HEADER: caller, **kwargs.pop("headers", {})}
+        request = client.build_request(method, f"{self.url}{path}", headers=headers, **kwargs)
+        response = client.send(request, stream=True)
+        return client, response
+
+    def call(self, method: str, path: str, caller: str = ALICE, **kwargs: Any) -> httpx.Response:
+        client, response = self.open(method, path, caller, **kwargs)
+        with contextlib.closing(client):
+            response.read()
+        return response
+
+    def ask(self, body: dict[str, Any]) -> httpx.Response:
+        return self.call("POST", "/api/chat/stream", json=body)
+
+    def ask_and_cut(self, body: dict[str, Any], events: int) -> tuple[str, list[Event]]:
+        """Stream until `events` events arrived, then drop the connection: the conversation id and what arrived."""
+        client, response = self.open("POST", "/api/chat/stream", json=body)
+        with contextlib.closing(client):
+            assert response.status_code == 200, response.read()
+            seen = b""
+            chunks = response.iter_raw()
+            while seen.count(b"\n\n") < events:
+                seen += next(chunks)
+            response.close()
+        return response.headers["x-conversation-id"], parse(seen)[:events]
+
+    def resume(self, conversation_id: str, last_id: str | None = None, caller: str = ALICE) -> httpx.Response:
+        headers = {} if last_id is None else {"last-event-id": last_id}
+        return self.call("GET", f"/api/conversations/{conversation_id}/stream", caller, headers=headers)
+
+
+class Deployment:
+    """Two instances on one store, and the fake model."""
+
+    def __init__(self, first: Instance, second: Instance, fake: FakeOpenAI) -> None:
+        self.first, self.second, self.fake = first, second, fake
+
+
+def _deploy(fake: FakeOpenAI, store_url: str, **overrides: Any) -> Iterator[Deployment]:
+    apps = [create_app(settings_for(fake, store_url=store_url, **{**RESUME, **overrides})) for _ in range(2)]
+    with AppServer(app=AsCaller(apps[0])) as one, AppServer(app=AsCaller(apps[1])) as two:  # type: ignore[arg-type]
+        yield Deployment(Instance(one), Instance(two), fake)
+    for app in apps:
+        app.state.store.close()
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def deployment(
+    request: pytest.FixtureRequest, fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
+    if request.param == "sqlite":
+        yield from _deploy(fake, f"sqlite:///{tmp_path / 'chat.sqlite3'}")
+        return
+    for name, value in dynamodb.TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        dynamodb.create_table(dynamodb.client(), "chat")
+        yield from _deploy(fake, "dynamodb://chat")
+
+
+def paced(words: list[str], pause: float = 0.03) -> list[Step]:
+    steps: list[Step] = []
+    for word in words:
+        steps += [Delta(word), Sleep(pause)]
+    return [*steps, Done()]
+
+
+WORDS = ["Once", " upon", " a", " time", "\n", " there", " was", " a", " stream", " that", " broke", "."]
+EXPECTED = [*[("message", word) for word in WORDS], ("message", "[DONE]")]
+
+
+def kinds(events: list[Event]) -> list[tuple[str, str]]:
+    return [(event, data) for _, event, data in events]
+
+
+def wait_for_answer(instance: Instance, conversation_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        messages = instance.call("GET", f"/api/conversations/{conversation_id}").json()["messages"]
+        if len(messages) % 2 == 0 or time.monotonic() > deadline:
+            return dict(messages[-1])
+        time.sleep(0.05)
+
+
+def test_the_ids_are_the_only_difference_from_a_stored_answer(deployment: Deployment) -> None:
+    key = deployment.fake.script(unique(), paced(WORDS, 0))
+    plain = deployment.first.ask({"message": key, "store": True})
+    resumable = deployment.first.ask({"message": key, "store": True, "resumable": True})
+    events = parse(resumable.content)
+    assert kinds(events) == EXPECTED
+    ids = [event_id for event_id, _, _ in events]
+    assert all(ids)
+    assert len(set(ids)) == len(ids)
+    without_ids = b"".join(line + b"\n" for line in resumable.content.split(b"\n")[:-1] if not line.startswith(b"id:"))
+    assert without_ids == plain.content
+
+
+@pytest.mark.parametrize("where", ["same instance", "another instance"])
+def test_a_cut_answer_resumed_with_its_last_id_is_the_whole_answer(deployment: Deployment, where: str) -> None:
+    key = deployment.fake.script(unique(), paced(WORDS))
+    conversation_id, before = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 3)
+    resumer = deployment.first if where == "same instance" else deployment.second
+    rest = resumer.resume(conversation_id, before[-1][0])
+    assert rest.status_code == 200
+    assert rest.headers["x-conversation-id"] == conversation_id
+    assert kinds(before) + kinds(parse(rest.content)) == EXPECTED
+    stored = wait_for_answer(deployment.first, conversation_id)
+    assert (stored["content"], stored["status"]) == ("".join(WORDS), "complete")
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=1, max_value=len(WORDS)), other=st.booleans())
+def test_any_cut_point_loses_and_doubles_nothing(sqlite_deployment: Deployment, cut: int, other: bool) -> None:
+    key = sqlite_deployment.fake.script(unique(), paced(WORDS, 0.01))
+    body = {"message": key, "store": True, "resumable": True}
+    conversation_id, before = sqlite_deployment.first.ask_and_cut(body, cut)
+    resumer = sqlite_deployment.second if other else sqlite_deployment.first
+    rest = parse(resumer.resume(conversation_id, before[-1][0]).content)
+    assert kinds(before) + kinds(rest) == EXPECTED
+    assert [event_id for event_id, _, _ in before + rest] == [
+        event_id for event_id, _, _ in parse(resumer.resume(conversation_id).content)
+    ]
+
+
+@pytest.fixture
+def sqlite_deployment(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from _deploy(fake, f"sqlite:///{tmp_path_factory.mktemp('resume') / 'chat.sqlite3'}")
+
+
+def test_after_the_answer_finished_a_resume_replays_the_rest_and_done(deployment: Deployment) -> None:
+    key = deployment.fake.script(unique(), paced(WORDS))
+    conversation_id, before = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 2)
+    assert wait_for_answer(deployment.first, conversation_id)["status"] == "complete"  # ran on without its client
+    for instance in (deployment.first, deployment.second):
+        rest = instance.resume(conversation_id, before[-1][0])
+        assert kinds(before) + kinds(parse(rest.content)) == EXPECTED
+        assert kinds(parse(instance.resume(conversation_id).content)) == EXPECTED  # no id: from the start
+
+
+def test_three_followers_get_the_identical_sequence(deployment: Deployment) -> None:
+    key = deployment.fake.script(unique(), paced(WORDS, 0.05))
+    conversation_id, _ = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+    results: list[bytes] = []
+    followers = [
+        threading.Thread(target=lambda i=i: results.append(i.resume(conversation_id).content))
+        for i in (deployment.first, deployment.second, deployment.second)
+    ]
+    for follower in followers:
+        follower.start()
+    for follower in followers:
+        follower.join(20)
+    assert len(results) == 3
+    assert results[0] == results[1] == results[2]
+    assert kinds(parse(results[0])) == EXPECTED
+
+
+def test_an_upstream_failure_after_the_cut_reaches_the_resumed_client(deployment: Deployment) -> None:
+    key = deployment.fake.script(unique(), [Delta("half"), Sleep(0.3), Delta(" more"), Reset()])
+    conversation_id, before = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+    rest = parse(deployment.second.resume(conversation_id, before[-1][0]).content)
+    assert kinds(rest)[0] == ("message", " more")
+    assert [event for _, event, _ in rest[1:]] == ["error"]
+    assert wait_for_answer(deployment.first, conversation_id)["status"] == "error"
+
+
+def test_stop_ends_the_answer_and_every_follower(deployment: Deployment) -> None:
+    key = deployment.fake.script(unique("endless"), [Delta("partial"), Stall()])
+    conversation_id, _ = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+    ends: list[tuple[float, list[Event]]] = []
+
+    def follow(instance: Instance) -> None:
+        client, response = instance.open("GET", f"/api/conversations/{conversation_id}/stream")
+        with contextlib.closing(client):
+            seen = b""
+            for chunk in response.iter_raw():
+                seen += chunk
+            ends.append((time.monotonic(), parse(seen)))
+
+    followers = [threading.Thread(target=follow, args=(i,)) for i in (deployment.first, deployment.second)]
+    for follower in followers:
+        follower.start()
+    time.sleep(0.5)
+    assert not ends, "followers ended before the stop"
+    asked = time.monotonic()
+    assert deployment.second.call("POST", f"/api/conversations/{conversation_id}/stop").status_code == 202
+    for follower in followers:
+        follower.join(5)
+    assert len(ends) == 2
+    for ended, events in ends:
+        assert ended - asked < 2.0
+        assert kinds(events) == [("message", "partial"), ("error", STOPPED)]
+    [upstream] = deployment.fake.requests_for(key)
+    assert upstream.closed_event.wait(2)
+    assert wait_for_answer(deployment.first, conversation_id)["status"] == "stopped"
+
+
+def test_resume_answers_204_404_400_and_429_clearly(deployment: Deployment) -> None:
+    first = deployment.first
+    plain = first.ask({"message": deployment.fake.script(unique(), paced(["ok"], 0)), "store": True})
+    conversation_id = plain.headers["x-conversation-id"]
+    assert first.resume(conversation_id).status_code == 204  # stored, but not resumable
+    assert first.resume("0" * 32).status_code == 404
+    assert first.resume("../etc").status_code == 404
+    assert first.resume(conversation_id, "not-an-id").json() == {
+        "error": "Last-Event-ID is not an event id this service sent."
+    }
+    stateless = first.ask({"message": "hi", "resumable": True})
+    assert stateless.status_code == 400
+    assert "resumable" in stateless.json()["error"]
+    assert first.ask({"message": "hi", "store": True, "resumable": "yes"}).status_code == 400
+
+    key = deployment.fake.script(unique(), [Delta("held"), Stall()])
+    cid, _ = first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+    assert deployment.second.resume(cid, caller=BOB).status_code == 404  # someone else's: like unknown
+    opened = [first.open("GET", f"/api/conversations/{cid}/stream") for _ in range(5)]
+    try:
+        assert all(response.status_code == 200 for _, response in opened)
+        refused = first.resume(cid)
+        assert refused.status_code == 429
+        assert "CHAT_RESUME_MAX_FOLLOWERS" in refused.json()["error"]
+        via_query = first.call("GET", f"/api/conversations/{cid}/stream?last_event_id=zz")
+        assert via_query.status_code == 400
+    finally:
+        for client, response in opened:
+            response.close()
+            client.close()
+        first.call("POST", f"/api/conversations/{cid}/stop")
+
+
+def test_openapi_documents_resuming(sqlite_deployment: Deployment) -> None:
+    schema = sqlite_deployment.first.call("GET", "/openapi.json").json()
+    route = schema["paths"]["/api/conversations/{conversation_id}/stream"]["get"]
+    assert {"200", "204", "404", "429"} <= set(route["responses"])
+    assert {parameter["name"] for parameter in route["parameters"]} >= {"Last-Event-ID", "last_event_id"}
+    body = schema["paths"]["/api/chat/stream"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "resumable" in body["properties"]

@@ -29,7 +29,8 @@ from tests.harness.support import AppServer, settings_for, unique
 from tests.test_conversations import ALICE, BOB, PRINCIPAL_HEADER, AsCaller
 
 Event = tuple[str | None, str, str]  # (id, event, data)
-RESUME = {"resume_batch_seconds": 0.05, "resume_poll_seconds": 0.05, "stop_poll_seconds": 0.1}
+# A held answer must outlast a slow machine: only a stop (or the test's end) ends it.
+RESUME = {"resume_batch_seconds": 0.05, "resume_poll_seconds": 0.05, "stop_poll_seconds": 0.1, "idle_timeout": 20.0}
 
 
 def parse(raw: bytes) -> list[Event]:

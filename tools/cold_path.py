@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tests.harness.fake_openai import FakeOpenAI
 from tests.harness.lambda_events import CONTEXT_SOURCE, rest_event
-from tools.lambda_python import python313
+from tools.lambda_python import build_package, python313
 
 ROOT = Path(__file__).resolve().parent.parent
 LIST = ROOT / "functions" / "chat" / "cold_path.txt"
@@ -87,8 +87,9 @@ def record(package_dir: Path, base_url: str) -> list[str]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as temporary, FakeOpenAI() as fake:
         package = Path(temporary) / "package"
-        build = [str(python313()), "build_package.py", str(package), "--arch", "x86_64"]
-        subprocess.run(build, cwd=LIST.parent, check=True, capture_output=True)
+        built = build_package(package, "x86_64")
+        if built.returncode != 0:
+            raise RuntimeError(f"the build failed:\n{built.stdout}{built.stderr}")
         modules = record(package, fake.base_url)
     LIST.write_text(HEADER + "\n".join(modules) + "\n")
     print(f"{LIST.relative_to(ROOT)}: {len(modules)} modules", file=sys.stderr)

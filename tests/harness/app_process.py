@@ -32,9 +32,14 @@ AWS_TEST_ENV = {
 
 
 def app_env(base_url: str, **extra: str) -> dict[str, str]:
-    """A minimal environment aimed at a fake upstream at `base_url`, no metrics; `extra` adds or overrides."""
+    """This environment less the app's settings, aimed at a fake upstream at `base_url`; `extra` adds or overrides."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("OPENAI_", "CHAT_", "AWS_", "POWERTOOLS_", "PYTHONPATH"))
+    }
     return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        **inherited,
         "OPENAI_API_KEY": KEY,
         "OPENAI_BASE_URL": base_url,
         "OPENAI_MODEL": "fake-model",

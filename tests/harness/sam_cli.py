@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,25 +37,14 @@ def python313() -> Path:
 
 
 def build_env() -> dict[str, str]:
-    """The environment `sam build` needs: python3.13 first on PATH, as the Makefile calls it by that name."""
-    return {**os.environ, "PATH": f"{python313().parent}{os.pathsep}{os.environ['PATH']}"}
+    """The environment `sam build` needs (python3.13 first on PATH)."""
+    python313()  # fails the test clearly when python3.13 is missing
+    return lambda_python.build_env()
 
 
 def build_package(artifacts: Path, arch: str) -> Path:
     """Build the function as `sam build` does (its Makefile target) into `artifacts`, for `arch`."""
-    result = subprocess.run(
-        [
-            "make",
-            "-C",
-            str(ROOT / "functions" / "chat"),
-            "build-ChatFunction",
-            f"ARTIFACTS_DIR={artifacts}",
-            f"LAMBDA_ARCH={arch}",
-        ],
-        env=build_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    python313()
+    result = lambda_python.build_package(artifacts, arch)
     assert result.returncode == 0, result.stdout + result.stderr
     return artifacts

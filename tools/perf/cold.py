@@ -26,7 +26,7 @@ from pathlib import Path
 from tests.harness.app_process import app_env
 from tests.harness.lambda_events import CONTEXT_SOURCE, rest_event
 from tests.harness.processes import ROOT
-from tools.lambda_python import python313
+from tools.lambda_python import build_package, python313
 from tools.perf.client import PerfError
 from tools.perf.cpu_share import Share
 from tools.perf.stream import BENCH_ENV
@@ -37,14 +37,13 @@ CACHE = ROOT / ".bench-cache"
 ARCH = "x86_64"
 
 
-def _run_build(command: list[str], name: str) -> None:
-    result = subprocess.run(command, cwd=FUNCTION, capture_output=True, text=True, check=False)
+def _check_build(result: subprocess.CompletedProcess[str], name: str) -> None:
     if result.returncode != 0:
         raise PerfError(f"building the {name} package failed:\n{result.stdout}{result.stderr}")
 
 
 def _build_service(target: Path) -> None:
-    _run_build([str(python313()), str(FUNCTION / "build_package.py"), str(target), "--arch", ARCH], "service")
+    _check_build(build_package(target, ARCH), "service")
 
 
 def _build_baseline(target: Path) -> None:
@@ -52,7 +51,8 @@ def _build_baseline(target: Path) -> None:
     script = (
         f"import build_package, pathlib; build_package.install_dependencies(pathlib.Path({str(target)!r}), {ARCH!r})"
     )
-    _run_build([str(python313()), "-c", script, str(target), ARCH], "baseline")
+    command = [str(python313()), "-c", script, str(target), ARCH]
+    _check_build(subprocess.run(command, cwd=FUNCTION, capture_output=True, text=True, check=False), "baseline")
     shutil.copy2(BASELINE_SOURCE, target / "bench_baseline.py")
 
 
@@ -75,6 +75,7 @@ SERVICE_PACKAGE = Package(
     "chat.handler",
     (
         FUNCTION / "requirements.txt",
+        FUNCTION / "Makefile",
         FUNCTION / "build_package.py",
         FUNCTION / "cold_path.txt",
         FUNCTION / "lambda-exec-wrapper",

@@ -359,3 +359,20 @@ def test_the_functions_policy_allows_exactly_what_the_store_calls(monkeypatch: p
         {"Fn::GetAtt": "ChatTable.Arn"},
         {"Fn::Sub": "${ChatTable.Arn}/index/gsi1"},
     ]
+
+
+def test_sqlite_purges_expired_conversations_on_a_later_write(tmp_path: Path) -> None:
+    """Invisible at once (above); gone from the file at the next write an hour or more later."""
+    import sqlite3
+
+    path = tmp_path / "chat.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    assert store is not None
+    old = converse(store, ("old", "news"))
+    later = NOW + 31 * DAY
+    converse(store, ("fresh", "turn"), now=later)
+    store.close()
+    with sqlite3.connect(path) as db:
+        for table, column in (("conversations", "id"), ("messages", "conversation_id"), ("locks", "conversation_id")):
+            assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (old,)).fetchone() == (0,)  # noqa: S608
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (2,)

@@ -244,9 +244,10 @@ async def _added_under_share(app: AppProcess, base_url: str, share: Share, reque
     direct = Target(f"{base_url}/chat/completions", direct=True)
     through_app = Target(f"{app.url}{STREAM_PATH}", direct=False)
     async with http_client() as client:
-        for target in (direct, through_app):
+        for target in (direct, through_app):  # warmed as in `measure`: first calls build clients, stores, threads
             for _ in range(5):
                 await first_event_seconds(client, target)
+            await asyncio.gather(*(first_event_seconds(client, target) for _ in range(20)))
         await settled(app)
         added, _, cpu = await added_first_event(client, direct, through_app, app, 1, requests)
     return share.wall_seconds(added, cpu) * 1000

@@ -190,11 +190,28 @@ def test_first_screen_is_three_requests_with_named_controls(stateless_chat: Tab,
     assert chat.errors == []
 
 
-def test_with_conversations_the_first_screen_adds_only_their_list(chat: Tab, site: str, fake: FakeOpenAI) -> None:
-    chat.page.wait_for_load_state("networkidle")
-    page_files = [f"{site}/", f"{site}/static/chat.css", f"{site}/static/chat.js"]
-    assert chat.requests == [*page_files, f"{site}/api/conversations?limit=30"]
-    assert chat.errors == []
+def test_with_conversations_the_first_screen_is_still_three_requests(chromium: Browser, site: str) -> None:
+    """The page carries the caller's list (the page request says who calls): no fourth request for it."""
+    earlier = unique("listed-on-arrival")
+    assert post_stream(site, {"message": earlier, "store": True}).status == 200
+    with tab(chromium, site) as chat:
+        expect(chat.conversations.get_by_role("link", name=earlier)).to_be_visible()
+        chat.page.wait_for_load_state("networkidle")
+        assert chat.requests == [f"{site}/", f"{site}/static/chat.css", f"{site}/static/chat.js"]
+        assert chat.errors == []
+
+
+def test_a_hostile_conversation_title_is_shown_as_text_and_runs_nothing(chromium: Browser, site: str) -> None:
+    """The title travels inside the page's JSON data block: it must neither end that element nor run."""
+    title = f"</script><img src=x onerror=\"window.__pwned='title'\"> {unique('t')}"
+    assert post_stream(site, {"message": title, "store": True}).status == 200
+    with tab(chromium, site) as chat:
+        expect(chat.conversations.get_by_role("link", name=title)).to_be_visible()
+        chat.page.wait_for_load_state("networkidle")
+        assert chat.page.evaluate("window.__pwned") is None
+        assert chat.page.locator("img").count() == 0
+        assert not any(address.endswith("/x") for address in chat.requests)
+        assert chat.errors == []
 
 
 # ---------------------------------------------------------------- streaming

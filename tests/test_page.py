@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from chat.headers import SECURITY_HEADERS_TEXT
-from chat.page import PAGE_CSP, STATIC_DIR
+from chat.page import PAGE_CSP, STATIC_DIR, data_block
 from tests.harness.fake_openai import FakeOpenAI
-from tests.harness.support import AppServer, settings_for
+from tests.harness.support import AppServer, post_stream, settings_for
 
 PAGE_FILES = {"/": "index.html", "/static/chat.css": "chat.css", "/static/chat.js": "chat.js"}
 
@@ -85,10 +87,81 @@ def test_the_page_is_not_in_the_api_description(server: AppServer) -> None:
     assert not any(path.startswith("/static") for path in paths)
 
 
+LIST_BLOCK = re.compile(rb'<script type="application/json" id="conversations">(.*?)</script>\n')
+
+
+def _listed(page: httpx.Response) -> Any:
+    """The conversations the page carries, or None."""
+    found = LIST_BLOCK.search(page.content)
+    return None if found is None else json.loads(found[1])
+
+
 def test_the_page_says_whether_the_service_keeps_conversations(fake: FakeOpenAI, tmp_path: Path) -> None:
     """So the page's first screen needs no request to find out (and no 404 when they are off)."""
     for store_url, expected in [("none", "off"), (f"sqlite:///{tmp_path / 'chat.sqlite3'}", "on")]:
         with AppServer(settings_for(fake, store_url=store_url)) as server:
             response = httpx.get(server.url + "/")
         assert f'<html lang="en" data-conversations="{expected}">' in response.text
-        assert response.content.replace(b'"on"', b'"off"') == (STATIC_DIR / "index.html").read_bytes()
+        shipped = LIST_BLOCK.sub(b"", response.content).replace(b'"on"', b'"off"')
+        assert shipped == (STATIC_DIR / "index.html").read_bytes()
+
+
+def test_the_page_carries_the_callers_first_conversations(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """The list is in the page (no fourth request), exactly as the API lists it, and cannot end its element."""
+    hostile = "</script><!-- <img src=x onerror=alert(1)> & more"
+    with AppServer(settings_for(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}")) as server:
+        assert _listed(httpx.get(server.url + "/")) == {"conversations": [], "next_cursor": None}
+        for message in ("A quiet question", hostile):
+            assert post_stream(server.url, {"message": message, "store": True}).status == 200
+        page = httpx.get(server.url + "/")
+        listed = httpx.get(server.url + "/api/conversations?limit=30").json()
+    assert page.status_code == 200
+    assert _listed(page) == listed
+    assert [c["title"] for c in listed["conversations"]] == [hostile, "A quiet question"]
+    block = LIST_BLOCK.search(page.content)
+    assert block is not None
+    assert not re.search(rb"[<>&]", block[1])
+    assert page.content.count(b"</script>") == 2  # the script's own element and the data block's
+    assert page.headers["cache-control"] == "no-store"  # it is this caller's
+    assert "etag" not in page.headers
+    assert page.headers.get_list("content-security-policy") == [PAGE_CSP]
+
+
+def test_a_data_block_escapes_what_could_end_or_bend_it() -> None:
+    payload = {"title": "</script><!--\u2028\u2029&<>", "plain": "été"}
+    block = data_block("x", payload)
+    inner = block.removeprefix(b'<script type="application/json" id="x">').removesuffix(b"</script>\n")
+    assert json.loads(inner) == payload
+    for raw in (b"<", b">", b"&", "\u2028".encode(), "\u2029".encode()):
+        assert raw not in inner
+
+
+def test_a_caller_known_only_from_a_key_gets_the_page_without_the_list(
+    aws: Any, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A browser's navigation carries no Authorization: the page is the shared one and the script fetches the list
+    once the key is entered. A request that does carry the key gets its list (Secrets Manager mocked: moto)."""
+    token = "page-list-token-not-a-secret"
+    arn = aws.create_secret(Name="chat/page-list", SecretString=token)["ARN"]
+    settings = settings_for(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", auth_token_secret_id=arn)
+    with AppServer(settings) as server:
+        anonymous = httpx.get(server.url + "/")
+        keyed = httpx.get(server.url + "/", headers={"authorization": f"Bearer {token}"})
+    assert anonymous.status_code == 200
+    assert _listed(anonymous) is None
+    assert 'data-conversations="on"' in anonymous.text
+    assert anonymous.headers["cache-control"] == "no-cache"
+    assert "etag" in anonymous.headers
+    assert _listed(keyed) == {"conversations": [], "next_cursor": None}
+
+
+def test_a_failing_store_serves_the_page_without_the_list(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """Never a 500 because of the store: the script fetches the list itself (and shows the store's 503)."""
+    (tmp_path / "file").write_text("not a directory")
+    with AppServer(settings_for(fake, store_url=f"sqlite:///{tmp_path / 'file' / 'chat.sqlite3'}")) as server:
+        page = httpx.get(server.url + "/")
+        listing = httpx.get(server.url + "/api/conversations")
+    assert listing.status_code == 503  # the store really is failing
+    assert page.status_code == 200
+    assert 'data-conversations="on"' in page.text
+    assert _listed(page) is None

@@ -317,7 +317,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         """Liveness: answers without calling the model."""
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    add_page_routes(app, conversations=store is not None)
+    add_page_routes(app, store=store, caller=owner)
     if store is not None and resumables is not None:
         add_conversation_routes(app, store, owner)
         add_resume_route(app, resumables, owner)

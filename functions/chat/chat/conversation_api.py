@@ -122,6 +122,12 @@ def _message(message: Message) -> dict[str, object]:
     return shown
 
 
+async def list_page(store: Store, owner: str, limit: int, cursor: str | None) -> dict[str, object]:
+    """One page of the owner's conversations, as `GET /api/conversations` answers it (StoreError if it fails)."""
+    page = await store.list_conversations(owner, limit, cursor, time.time())
+    return {"conversations": [_summary(c) for c in page.conversations], "next_cursor": page.next_cursor}
+
+
 def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> None:
     """Register the routes (only when a store is configured: with none they answer 404)."""
 
@@ -152,14 +158,12 @@ def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> Non
         if isinstance(owner, Response):
             return owner
         try:
-            page = await store.list_conversations(
-                owner, _limit(request), request.query_params.get("cursor"), time.time()
-            )
+            listed = await list_page(store, owner, _limit(request), request.query_params.get("cursor"))
         except (ValueError, BadCursor) as error:
             return error_response(400, str(error))
         except StoreError as error:
             return error_response(503, str(error))
-        return _json({"conversations": [_summary(c) for c in page.conversations], "next_cursor": page.next_cursor})
+        return _json(listed)
 
     @app.get(
         "/api/conversations/{conversation_id}",

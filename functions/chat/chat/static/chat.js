@@ -411,17 +411,31 @@ function listItem(conversation) {
   return li;
 }
 
-/** The caller's conversations, newest first; `more` appends the next page. */
-async function loadList(more = false) {
-  const query = more && state.cursor ? `&cursor=${encodeURIComponent(state.cursor)}` : "";
-  const response = await api(`api/conversations?limit=30${query}`);
-  if (!response.ok) return response;
-  const page = await response.json();
+function showList(page, more = false) {
   if (!more) list.replaceChildren();
   for (const conversation of page.conversations) list.append(listItem(conversation));
   state.cursor = page.next_cursor;
   moreButton.hidden = !state.cursor;
+}
+
+/** The caller's conversations, newest first; `more` appends the next page. */
+async function loadList(more = false) {
+  const query = more && state.cursor ? `&cursor=${encodeURIComponent(state.cursor)}` : "";
+  const response = await api(`api/conversations?limit=30${query}`);
+  if (response.ok) showList(await response.json(), more);
   return response;
+}
+
+/** The first page of the list when the service put it in the page (it knew the caller), used once; else null. */
+function listInPage() {
+  const block = document.getElementById("conversations");
+  if (!block) return null;
+  block.remove();
+  try {
+    return JSON.parse(block.textContent);
+  } catch {
+    return null;
+  }
 }
 
 async function openConversation(id) {
@@ -645,16 +659,21 @@ async function start() {
     renderConversation();
     return;
   }
-  let response;
-  try {
-    response = await loadList();
-  } catch {
-    showProblem(LOST, start);
-    return;
-  }
-  if (!response.ok) {
-    await refused(response, start);
-    return;
+  const embedded = listInPage();
+  if (embedded) {
+    showList(embedded);
+  } else {
+    let response;
+    try {
+      response = await loadList();
+    } catch {
+      showProblem(LOST, start);
+      return;
+    }
+    if (!response.ok) {
+      await refused(response, start);
+      return;
+    }
   }
   state.stored = true;
   sidebar.hidden = false;

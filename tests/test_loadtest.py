@@ -24,6 +24,7 @@ SMALL = Options(
     disconnects=20,
     conversations=20,
     turns=3,
+    resumable=20,
 )
 
 FAULT_CASES = [
@@ -64,6 +65,14 @@ def test_concurrent_stored_conversations_lose_and_double_nothing(report: Report)
     assert row is not None
     assert (row.conversations, row.turns) == (20, 3)
     assert (row.failed_requests, row.lost_turns, row.duplicated_turns) == (0, 0, 0), format_report(report)
+
+
+def test_resumable_answers_cut_and_resumed_lose_and_double_no_character(report: Report) -> None:
+    row = report.resumable
+    assert row is not None
+    assert (row.answers, row.resumed_elsewhere) == (20, 10)
+    assert (row.failed, row.missing_chars, row.duplicated_chars) == (0, 0, 0), format_report(report)
+    assert row.writes_max >= 2, "every answer writes its opening and its end"
 
 
 @pytest.mark.parametrize("case", FAULT_CASES)

@@ -54,6 +54,7 @@ class Options:
     big_delta_bytes: int = MiB
     conversations: int = 200
     turns: int = 5
+    resumable: int = 200
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from tests.harness.app_process import AppProcess, app_env
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Sleep, Step
 from tests.harness.ports import free_ports
-from tools.perf import conversations, faults
+from tools.perf import conversations, faults, resumable
 from tools.perf.client import ask, http_client, post
 from tools.perf.faults import FaultRow, Options
 from tools.perf.table import markdown_table
@@ -135,11 +135,13 @@ class Report:
     load: list[LoadRow]
     faults: list[FaultRow]
     conversations: conversations.ConversationRow | None = None
+    resumable: resumable.ResumableRow | None = None
 
     @property
     def passed(self) -> bool:
         stored = self.conversations is None or self.conversations.passed
-        return stored and all(row.passed for row in self.load) and all(row.passed for row in self.faults)
+        resumed = self.resumable is None or self.resumable.passed
+        return stored and resumed and all(row.passed for row in self.load) and all(row.passed for row in self.faults)
 
 
 def run(options: Options) -> Report:
@@ -159,7 +161,9 @@ def run(options: Options) -> Report:
             load = [asyncio.run(load_round(n + 1, main, fake, options)) for n in range(options.rounds)]
             fault_rows = asyncio.run(faults.run_all(main, secret, fake, options, endpoint_port))
         stored = conversations.run(fake, options) if options.conversations else None
-    return Report(options, load, fault_rows, stored)
+        script = load_script(options.chunks, options.chunk_interval)
+        resumed = resumable.run(fake, script, options) if options.resumable else None
+    return Report(options, load, fault_rows, stored, resumed)
 
 
 # The load table's columns: heading, and the cell's format applied to a LoadRow `r`.
@@ -200,6 +204,12 @@ def format_report(report: Report) -> str:
         lines += ["", "Conversations (DynamoDB on moto's server)"]
         lines.append(markdown_table([heading for heading, _ in conversations.COLUMNS] + ["pass"], [cells]))
         lines += [f"first error: {row.first_error}"] if row.first_error else []
+    resumed = report.resumable
+    if resumed is not None:
+        cells = [cell.format(r=resumed) for _, cell in resumable.COLUMNS] + [_verdict(resumed.passed)]
+        lines += ["", "Resumable answers (two app processes, DynamoDB on moto's server)"]
+        lines.append(markdown_table([heading for heading, _ in resumable.COLUMNS] + ["pass"], [cells]))
+        lines += [f"first error: {resumed.first_error}"] if resumed.first_error else []
     return "\n".join(lines)
 
 

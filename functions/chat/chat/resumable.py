@@ -28,7 +28,7 @@ from . import sse
 from .config import Settings
 from .conversation import NOT_FOUND
 from .observability import logger
-from .store.base import ConversationNotFound, EventBatch, Store, StoreError, owner_key
+from .store.base import AnswerEvents, ConversationNotFound, EventBatch, Store, StoreError, owner_key
 
 MESSAGE, DONE, ERROR = "m", "d", "e"
 Event = tuple[str, str]
@@ -39,6 +39,7 @@ SSE_HEADERS = [
 ]
 _EVENT_ID = re.compile(r"(\d{1,8})-(\d{1,9})")
 FINAL_WRITE_ATTEMPTS = 3
+FIRST_BATCH_GRACE_SECONDS = 3.0
 VANISHED = "The answer stopped arriving (its producer is gone); it is incomplete."
 
 
@@ -221,6 +222,15 @@ async def find(
     )
     if found is None:
         raise ConversationNotFound(NOT_FOUND)
+    if last is not None and not found.batches:
+        # The client saw events of this answer, so it began; its first batch may still be on its way
+        # (written in the background): wait a few batch intervals before calling it gone.
+        settings = answers.settings
+        give_up = time.monotonic() + 2 * settings.resume_batch_seconds + FIRST_BATCH_GRACE_SECONDS
+        while not found.batches and time.monotonic() < give_up:
+            await asyncio.sleep(settings.resume_poll_seconds)
+            found = await answers.store.read_events(owner, conversation_id, last[0], 0, time.time(), check=False)
+            found = found or AnswerEvents(None, ())
     if found.seq is None or not found.batches:
         return None
     ended = found.batches[-1].ended_at

@@ -183,9 +183,13 @@ def test_after_the_answer_finished_a_resume_replays_the_rest_and_done(deployment
     conversation_id, before = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 2)
     assert wait_for_answer(deployment.first, conversation_id)["status"] == "complete"  # ran on without its client
     for instance in (deployment.first, deployment.second):
-        rest = instance.resume(conversation_id, before[-1][0])
-        assert kinds(before) + kinds(parse(rest.content)) == EXPECTED
+        rest = parse(instance.resume(conversation_id, before[-1][0]).content)
+        assert kinds(before) + kinds(rest) == EXPECTED
         assert kinds(parse(instance.resume(conversation_id).content)) == EXPECTED  # no id: from the start
+        # A client that had everything (EventSource reconnects after a normal close) is told so at once.
+        assert instance.resume(conversation_id, rest[-1][0]).status_code == 204
+        seq, index = str(rest[-1][0]).split("-")
+        assert instance.resume(conversation_id, f"{seq}-{int(index) + 1}").status_code == 400
 
 
 def test_three_followers_get_the_identical_sequence(deployment: Deployment) -> None:

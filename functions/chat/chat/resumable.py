@@ -195,6 +195,10 @@ class Journal:
                 await asyncio.sleep(self.settings.resume_batch_seconds)
 
 
+class EventIdAhead(Exception):
+    """The client's last id is beyond the answer's events: not an id this answer sent."""
+
+
 class FollowerLimit(Exception):
     """The answer already has as many followers as allowed."""
 
@@ -216,7 +220,8 @@ async def find(
     since = 0 if last is None else last[1] + 1
     live = answers.live.get((owner_key(owner), conversation_id))
     if live is not None and (last is None or last[0] == live.seq):
-        return Follow(live.seq, since, live, ())
+        ended = bool(live.events) and live.events[-1][0] != MESSAGE
+        return Follow(live.seq, since, live, ()) if _after(since, len(live.events), ended) else None
     found = await answers.store.read_events(
         owner, conversation_id, None if last is None else last[0], 0, now, check=True
     )
@@ -233,10 +238,21 @@ async def find(
             found = found or AnswerEvents(None, ())
     if found.seq is None or not found.batches:
         return None
-    ended = found.batches[-1].ended_at
-    if ended is not None and ended + answers.settings.resume_ttl_seconds < now:
+    final = found.batches[-1]
+    if final.ended_at is not None and final.ended_at + answers.settings.resume_ttl_seconds < now:
+        return None
+    count = final.first + len(final.events)
+    # Stored events may lag what the client saw from the producer: only an ended answer's count is known.
+    if final.ended_at is not None and not _after(since, count, True):
         return None
     return Follow(found.seq, since, None, found.batches)
+
+
+def _after(since: int, count: int, ended: bool) -> bool:
+    """Whether events after `since` remain to follow, of an answer with `count` events so far (EventIdAhead)."""
+    if since > count:
+        raise EventIdAhead
+    return not (ended and since == count)
 
 
 async def _from_memory(live: LiveAnswer, since: int) -> AsyncGenerator[tuple[int, Event], None]:

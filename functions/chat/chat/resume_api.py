@@ -14,9 +14,10 @@ from starlette.responses import Response
 from .conversation import NOT_FOUND
 from .conversation_api import Identify
 from .relay import error_response
-from .resumable import FollowerLimit, FollowStream, Resumables, find, parse_event_id
+from .resumable import EventIdAhead, FollowerLimit, FollowStream, Resumables, find, parse_event_id
 from .store.base import ConversationNotFound, StoreError, valid_id
 
+BAD_ID = "Last-Event-ID is not an event id this service sent."
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 _RESPONSES: dict[int | str, dict[str, object]] = {
     200: {
@@ -24,7 +25,10 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
         " then the live answer until its `[DONE]` or `event:error`.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    204: {"description": "No resumable answer is in progress or recently finished in this conversation."},
+    204: {
+        "description": "No resumable answer is in progress or recently finished in this conversation, or the"
+        " client already has its last event."
+    },
     400: {"description": "`Last-Event-ID` is not an id this service sent", "content": _ERROR},
     401: {"description": "Missing or wrong credentials", "content": _ERROR},
     404: {"description": "No such conversation for this caller", "content": _ERROR},
@@ -65,11 +69,13 @@ def add_resume_route(app: FastAPI, answers: Resumables, caller: Identify) -> Non
         raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         last = None if not raw else parse_event_id(raw)
         if raw and last is None:
-            return error_response(400, "Last-Event-ID is not an event id this service sent.")
+            return error_response(400, BAD_ID)
         try:
             follow = await find(answers, owner, conversation_id, last, time.time())
         except ConversationNotFound:
             return error_response(404, NOT_FOUND)
+        except EventIdAhead:
+            return error_response(400, BAD_ID)
         except StoreError as error:
             return error_response(503, str(error))
         if follow is None:

@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, expect, sync_playwright
 
 from tests.harness.browser import HOW_TO_GET, LAUNCH_ARGS, find_chromium
+from tests.harness.cutting_proxy import cutting_proxy
 from tests.harness.fake_openai import Delta, FakeOpenAI, Reply, Reset, Sleep, deltas, openai_error
 from tests.harness.sam_cli import ROOT
 from tests.harness.support import AppServer, post_stream, settings_for, unique
@@ -552,6 +553,22 @@ def test_a_lost_network_is_reported_as_such_and_keeps_the_text(chat: Tab) -> Non
     chat.wait_idle()
     expect(chat.turns).to_have_count(2)
     assert chat.message.input_value() == ""
+
+
+def test_a_dropped_connection_mid_answer_reconnects_and_misses_nothing(
+    chromium: Browser, site: str, fake: FakeOpenAI
+) -> None:
+    words = ["Resumed", *[f" word{index}" for index in range(30)], "."]
+    typed = fake.script(unique("drop"), paced(*words, pause=0.05))
+    with cutting_proxy(int(site.rsplit(":", 1)[1])) as proxy, tab(chromium, proxy.url) as chat:
+        expect(chat.conversations).to_be_visible()
+        proxy.arm(b"word3\n")  # the network fails under the answer's stream, after " word3"
+        chat.send(typed)
+        chat.wait_idle()
+        assert proxy.cuts == 1
+        expect(chat.answer).to_have_text("Assistant: " + "".join(words))
+        expect(chat.problem).to_have_count(0)
+        assert chat.conversation()[-1] == {"role": "assistant", "content": "".join(words), "status": "complete"}
 
 
 # ---------------------------------------------------------------- auth

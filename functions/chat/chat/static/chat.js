@@ -16,11 +16,12 @@ export function createSSEParser(onEvent) {
   let buffer = "";
   let data = [];
   let type = "";
+  let id = "";
   let afterCR = false;
 
   function line(text) {
     if (text === "") {
-      if (data.length) onEvent({ type: type || "message", data: data.join("\n") });
+      if (data.length) onEvent({ type: type || "message", data: data.join("\n"), id });
       data = [];
       type = "";
       return;
@@ -32,6 +33,7 @@ export function createSSEParser(onEvent) {
     if (value[0] === " ") value = value.slice(1);
     if (field === "data") data.push(value);
     else if (field === "event") type = value;
+    else if (field === "id" && !value.includes("\0")) id = value;
   }
 
   return function feed(chunk) {
@@ -305,6 +307,8 @@ function autosize() {
 }
 
 const LOST = "The connection to the service was lost. Check your network, then retry.";
+const RESUME_ATTEMPTS = 8; // a resumable answer is reconnected to this many times, RESUME_PAUSE_MS apart and more
+const RESUME_PAUSE_MS = 500;
 
 /** What a refused request means, in words; the server's own message is kept. */
 function refusalText(status, said, retryAfter) {
@@ -506,7 +510,9 @@ async function send(text) {
     const history = state.messages.filter((m) => m.content).map(({ role, content }) => ({ role, content }));
     body = history.length ? { message: text, history } : { message: text };
   } else {
+    // Resumable: if the connection drops, the service keeps answering and the page picks the answer up again.
     body = state.id ? { message: text, conversation_id: state.id } : { message: text, store: true };
+    body.resumable = true;
   }
   const userView = addTurn(user);
   const answerView = addTurn(answer);
@@ -561,25 +567,43 @@ async function send(text) {
   }
   announce("The assistant is answering.");
   let ending = null; // stays null when the body ends with neither [DONE] nor an error event
+  let lastId = "";
+  let lost = false;
+  const onEvent = (event) => {
+    if (ending) return;
+    lastId = event.id || lastId;
+    if (event.type === "error" && busy.stopped) ending = { stopped: true };
+    else if (event.type === "error") ending = { problem: `The answer ended early: ${event.data}` };
+    else if (event.type === "message" && event.data === "[DONE]") ending = { done: true };
+    else if (event.type === "message") answer.content += event.data;
+  };
+  const onChunk = () => {
+    answerView.update();
+    saveConversation();
+    scrollToEnd();
+  };
   try {
-    await readEvents(
-      response,
-      (event) => {
-        if (ending) return;
-        if (event.type === "error" && busy.stopped) ending = { stopped: true };
-        else if (event.type === "error") ending = { problem: `The answer ended early: ${event.data}` };
-        else if (event.type === "message" && event.data === "[DONE]") ending = { done: true };
-        else if (event.type === "message") answer.content += event.data;
-      },
-      () => {
-        answerView.update();
-        saveConversation();
-        scrollToEnd();
-      },
-    );
+    await readEvents(response, onEvent, onChunk);
   } catch {
-    ending = busy.stopped ? { stopped: true } : { problem: LOST };
+    lost = true;
   }
+  // A dropped connection: the service kept answering; pick the answer up after the last event shown.
+  for (let attempt = 0; !ending && !busy.stopped && lastId && busy.id && attempt < RESUME_ATTEMPTS; attempt++) {
+    announce("Connection lost; reconnecting.");
+    await new Promise((resolve) => setTimeout(resolve, RESUME_PAUSE_MS * attempt));
+    try {
+      const again = await api(`api/conversations/${encodeURIComponent(busy.id)}/stream`, {
+        headers: { accept: "text/event-stream", "last-event-id": lastId },
+        signal: busy.controller.signal,
+      });
+      if (!again.ok || again.status === 204) break;
+      lost = false;
+      await readEvents(again, onEvent, onChunk);
+    } catch {
+      lost = true;
+    }
+  }
+  if (!ending && lost) ending = busy.stopped ? { stopped: true } : { problem: LOST };
   if (!ending) ending = busy.stopped ? { stopped: true } : { problem: "The answer was cut off: the connection closed before it finished." };
   answer.status = ending.done ? "complete" : ending.stopped ? "stopped" : "error";
   answer.explained = Boolean(ending.problem); // its problem box says why, with a Retry

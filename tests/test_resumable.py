@@ -250,7 +250,7 @@ def test_stop_ends_the_answer_and_every_follower(deployment: Deployment) -> None
 
 
 def test_resume_answers_204_404_400_and_429_clearly(deployment: Deployment) -> None:
-    first = deployment.first
+    first, second = deployment.first, deployment.second
     plain = first.ask({"message": deployment.fake.script(unique(), paced(["ok"], 0)), "store": True})
     conversation_id = plain.headers["x-conversation-id"]
     assert first.resume(conversation_id).status_code == 204  # stored, but not resumable
@@ -266,15 +266,26 @@ def test_resume_answers_204_404_400_and_429_clearly(deployment: Deployment) -> N
 
     key = deployment.fake.script(unique(), [Delta("held"), Stall()])
     cid, _ = first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
-    assert deployment.second.resume(cid, caller=BOB).status_code == 404  # someone else's: like unknown
-    opened = [first.open("GET", f"/api/conversations/{cid}/stream") for _ in range(5)]
+    assert second.resume(cid, caller=BOB).status_code == 404  # someone else's: like unknown
+    # The limit is counted in the store: followers on both instances share it.
+    opened = [instance.open("GET", f"/api/conversations/{cid}/stream") for instance in [first] * 3 + [second] * 2]
     try:
         assert all(response.status_code == 200 for _, response in opened)
-        refused = first.resume(cid)
-        assert refused.status_code == 429
-        assert "CHAT_RESUME_MAX_FOLLOWERS" in refused.json()["error"]
+        for instance in (first, second):
+            refused = instance.resume(cid)
+            assert refused.status_code == 429
+            assert "CHAT_RESUME_MAX_FOLLOWERS" in refused.json()["error"]
         via_query = first.call("GET", f"/api/conversations/{cid}/stream?last_event_id=zz")
         assert via_query.status_code == 400
+        client, response = opened.pop()
+        response.close()
+        client.close()
+        deadline = time.monotonic() + 5  # the closed follower's slot is released when its server sees it go
+        while (again := second.open("GET", f"/api/conversations/{cid}/stream"))[1].status_code != 200:
+            again[0].close()
+            assert time.monotonic() < deadline, "a closed follower's slot was never released"
+            time.sleep(0.1)
+        opened.append(again)
     finally:
         for client, response in opened:
             response.close()

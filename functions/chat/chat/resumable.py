@@ -71,13 +71,12 @@ class LiveAnswer:
 
 
 class Resumables:
-    """This process's live answers (by owner and conversation) and follower counts (by answer)."""
+    """This process's live answers, by owner and conversation, for followers in the same process."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         self.live: dict[tuple[str, str], LiveAnswer] = {}
-        self.followers: dict[tuple[str, str, int], int] = {}
 
     def journal(self, owner: str, conversation_id: str, seq: int) -> Journal:
         return Journal(self, owner, conversation_id, seq)
@@ -307,16 +306,29 @@ class FollowStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, answers: Resumables, owner: str, conversation_id: str, follow: Follow) -> None:
+    def __init__(self, answers: Resumables, owner: str, conversation_id: str, follow: Follow, slot: int) -> None:
         self.answers = answers
         self.owner = owner
         self.conversation_id = conversation_id
         self.follow = follow
-        self.key = (owner_key(owner), conversation_id, follow.seq)
+        self.slot = slot
         self.background = None
-        if answers.followers.get(self.key, 0) >= answers.settings.resume_max_followers:
+
+    @classmethod
+    async def open(
+        cls, answers: Resumables, owner: str, conversation_id: str, follow: Follow, remaining: float | None
+    ) -> FollowStream:
+        """Lease a follower slot in the store (counted across every process and Lambda instance), or FollowerLimit.
+
+        The lease ends with the follower, or at the latest when its invocation or the longest answer would."""
+        now = time.time()
+        lifetime = answers.settings.answer_lock_seconds if remaining is None else remaining
+        slot = await answers.store.take_follower_slot(
+            owner, conversation_id, follow.seq, answers.settings.resume_max_followers, now + lifetime, now
+        )
+        if slot is None:
             raise FollowerLimit
-        answers.followers[self.key] = answers.followers.get(self.key, 0) + 1
+        return cls(answers, owner, conversation_id, follow, slot)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         relay = asyncio.ensure_future(self._relay(scope, send))
@@ -328,11 +340,12 @@ class FollowStream(Response):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
-            left = self.answers.followers.get(self.key, 1) - 1
-            if left:
-                self.answers.followers[self.key] = left
-            else:
-                self.answers.followers.pop(self.key, None)
+            try:
+                await self.answers.store.release_follower_slot(
+                    self.owner, self.conversation_id, self.follow.seq, self.slot
+                )
+            except StoreError:
+                logger.warning("a follower slot could not be released", conversation_id=self.conversation_id)
 
     async def _relay(self, scope: Scope, send: Send) -> None:
         settings = self.answers.settings

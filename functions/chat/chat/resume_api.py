@@ -32,7 +32,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"description": "`Last-Event-ID` is not an id this service sent", "content": _ERROR},
     401: {"description": "Missing or wrong credentials", "content": _ERROR},
     404: {"description": "No such conversation for this caller", "content": _ERROR},
-    429: {"description": "The answer already has CHAT_RESUME_MAX_FOLLOWERS followers", "content": _ERROR},
+    429: {"description": "The answer has CHAT_RESUME_MAX_FOLLOWERS followers (any instance)", "content": _ERROR},
     503: {"description": "The conversation store failed", "content": _ERROR},
 }
 _PARAMETERS = {
@@ -80,8 +80,13 @@ def add_resume_route(app: FastAPI, answers: Resumables, caller: Identify) -> Non
             return error_response(503, str(error))
         if follow is None:
             return Response(status_code=204)
+        remaining = getattr(request.scope.get("aws.context"), "get_remaining_time_in_millis", None)
         try:
-            return FollowStream(answers, owner, conversation_id, follow)
+            return await FollowStream.open(
+                answers, owner, conversation_id, follow, None if remaining is None else remaining() / 1000
+            )
+        except StoreError as error:
+            return error_response(503, str(error))
         except FollowerLimit:
             limit = answers.settings.resume_max_followers
             return error_response(429, f"This answer already has {limit} followers (CHAT_RESUME_MAX_FOLLOWERS).")

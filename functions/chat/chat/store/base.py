@@ -263,6 +263,20 @@ class Store(abc.ABC):
             "read_events", functools.partial(self._read_events, owner, conversation_id, seq, since, now, check)
         )
 
+    async def take_follower_slot(
+        self, owner: str, conversation_id: str, seq: int, slots: int, until: float, now: float
+    ) -> int | None:
+        """Lease one of `slots` follower slots of answer `seq` until `until`; None when all are taken."""
+        return await self._run(
+            "take_follower_slot",
+            functools.partial(self._take_follower_slot, owner, conversation_id, seq, slots, until, now),
+        )
+
+    async def release_follower_slot(self, owner: str, conversation_id: str, seq: int, slot: int) -> None:
+        await self._run(
+            "release_follower_slot", functools.partial(self._release_follower_slot, owner, conversation_id, seq, slot)
+        )
+
     async def delete(self, owner: str, conversation_id: str, now: float) -> bool:
         """Remove every item of the conversation; False when there was no such conversation."""
         return await self._run("delete", functools.partial(self._delete, owner, conversation_id, now))
@@ -303,6 +317,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def _write_events(self, batch: EventBatch) -> None: ...
+
+    @abc.abstractmethod
+    def _take_follower_slot(
+        self, owner: str, conversation_id: str, seq: int, slots: int, until: float, now: float
+    ) -> int | None: ...
+
+    @abc.abstractmethod
+    def _release_follower_slot(self, owner: str, conversation_id: str, seq: int, slot: int) -> None: ...
 
     @abc.abstractmethod
     def _read_events(

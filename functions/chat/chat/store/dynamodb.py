@@ -16,6 +16,7 @@ A conversation (`pk = CONV#<owner digest>#<id>`):
                                     never sees half an answer
     sk = EVENTS#<seq:08>#<first:08> a resumable answer's events from index <first> (one item per batch,
                                     JSON `events`, `ended_at` on the last); its own short expiry
+    sk = FOLLOW#<seq:08>#<slot:04>  a follower's lease on one of the answer's follower slots (expires_at)
 
 Reads of one conversation are one strongly consistent Query. `begin_turn` and
 `finish_turn` are each one TransactWriteItems (plus one PutItem per extra 350 kB of
@@ -177,7 +178,7 @@ class DynamoDBStore(Store):
         oldest = None
         for item in self._items(conversation_pk(owner, conversation_id)):
             sk = item["sk"]["S"]
-            if sk == "LOCK" or sk.startswith("EVENTS#"):
+            if sk == "LOCK" or sk.startswith(("EVENTS#", "FOLLOW#")):
                 continue
             expires = int(item["expires_at"]["N"]) if "expires_at" in item else None
             if expires is not None:
@@ -393,8 +394,8 @@ class DynamoDBStore(Store):
         """Move every item's TTL forward, so an active conversation's first turns do not expire."""
         client = self.client()
         for item in list(self._items(pk, keys_only=True)):
-            if item["sk"]["S"] == "LOCK" or item["sk"]["S"].startswith("EVENTS#"):
-                continue  # the lock and resumable events keep their own, shorter expiry
+            if item["sk"]["S"] == "LOCK" or item["sk"]["S"].startswith(("EVENTS#", "FOLLOW#")):
+                continue  # the lock, resumable events and follower leases keep their own, shorter expiry
             if int(item.get("expires_at", {"N": "0"})["N"]) >= expires_at:
                 continue
             try:
@@ -533,3 +534,30 @@ class DynamoDBStore(Store):
             if "LastEvaluatedKey" not in page:
                 return AnswerEvents(seq, tuple(batches))
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _take_follower_slot(
+        self, owner: str, conversation_id: str, seq: int, slots: int, until: float, now: float
+    ) -> int | None:
+        pk = conversation_pk(owner, conversation_id)
+        client = self.client()
+        for slot in range(slots):
+            try:
+                client.put_item(
+                    TableName=self.table,
+                    Item={"pk": _s(pk), "sk": _s(f"FOLLOW#{seq:08d}#{slot:04d}"), "expires_at": _n(int(until) + 1)},
+                    ConditionExpression="attribute_not_exists(pk) OR #e < :now",
+                    ExpressionAttributeNames={"#e": "expires_at"},
+                    ExpressionAttributeValues={":now": _n(now)},
+                )
+            except Exception as error:
+                if self._is(error, "ConditionalCheckFailedException"):
+                    continue
+                raise
+            return slot
+        return None
+
+    def _release_follower_slot(self, owner: str, conversation_id: str, seq: int, slot: int) -> None:
+        self.client().delete_item(
+            TableName=self.table,
+            Key={"pk": _s(conversation_pk(owner, conversation_id)), "sk": _s(f"FOLLOW#{seq:08d}#{slot:04d}")},
+        )

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS answer_events (
     owner TEXT NOT NULL, conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, first INTEGER NOT NULL,
     events TEXT NOT NULL, ended_at REAL, expires_at INTEGER NOT NULL,
     PRIMARY KEY (owner, conversation_id, seq, first)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS followers (
+    owner TEXT NOT NULL, conversation_id TEXT NOT NULL, seq INTEGER NOT NULL, slot INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (owner, conversation_id, seq, slot)) WITHOUT ROWID;
 """
 
 
@@ -123,6 +127,7 @@ class SQLiteStore(Store):
             db.execute(f"DELETE FROM messages WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
             db.execute(f"DELETE FROM locks WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
             db.execute("DELETE FROM answer_events WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM followers WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
         return db
 
@@ -288,6 +293,7 @@ class SQLiteStore(Store):
                 for table, column in (
                     ("messages", "conversation_id"),
                     ("answer_events", "conversation_id"),
+                    ("followers", "conversation_id"),
                     ("locks", "conversation_id"),
                     ("conversations", "id"),
                 ):
@@ -339,3 +345,31 @@ class SQLiteStore(Store):
             for first, events, ended, expires in rows
         )
         return AnswerEvents(seq, batches)
+
+    def _take_follower_slot(
+        self, owner: str, conversation_id: str, seq: int, slots: int, until: float, now: float
+    ) -> int | None:
+        key = owner_key(owner)
+        db = self._write(now)
+        try:
+            taken = {
+                row[0]
+                for row in db.execute(
+                    "SELECT slot FROM followers WHERE owner = ? AND conversation_id = ? AND seq = ? AND expires_at > ?",
+                    (key, conversation_id, seq, now),
+                )
+            }
+            free = next((slot for slot in range(slots) if slot not in taken), None)
+            if free is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO followers VALUES (?, ?, ?, ?, ?)", (key, conversation_id, seq, free, until)
+                )
+            return free
+        finally:
+            db.execute("COMMIT")
+
+    def _release_follower_slot(self, owner: str, conversation_id: str, seq: int, slot: int) -> None:
+        self._db().execute(
+            "DELETE FROM followers WHERE owner = ? AND conversation_id = ? AND seq = ? AND slot = ?",
+            (owner_key(owner), conversation_id, seq, slot),
+        )

@@ -91,7 +91,8 @@ def test_a_conversation_continues_in_another_process_and_stops_from_a_third(
 def test_a_killed_process_keeps_the_user_turn_and_the_lock_expires(
     fake: FakeOpenAI, shared_store: dict[str, str]
 ) -> None:
-    env = env_for(fake, shared_store, CHAT_ANSWER_LOCK_SECONDS="2")
+    lock_seconds = 4  # long enough that the busy check below runs before expiry on a loaded machine
+    env = env_for(fake, shared_store, CHAT_ANSWER_LOCK_SECONDS=str(lock_seconds))
     with AppProcess(env) as survivor:
         conversation_id = post_stream(survivor.url, {"message": unique(), "store": True}).headers["x-conversation-id"]
         doomed_message = fake.script(unique("doomed"), [Delta("never stored"), Stall()])
@@ -105,6 +106,8 @@ def test_a_killed_process_keeps_the_user_turn_and_the_lock_expires(
             response = client.send(request, stream=True)
             chunks = response.iter_raw()
             assert b"never stored" in next(chunks)
+            # The lock was taken before this first chunk; DynamoDB keeps its expiry in whole seconds, rounded up.
+            lock_gone_at = time.monotonic() + lock_seconds + 1
             os.kill(doomed.pid, signal.SIGKILL)  # no cleanup runs, as when an instance crashes
             doomed.wait(10)
             response.close()
@@ -113,7 +116,7 @@ def test_a_killed_process_keeps_the_user_turn_and_the_lock_expires(
         busy = post_stream(survivor.url, {"message": unique(), "conversation_id": conversation_id})
         assert busy.status == 409
         assert json.loads(busy.raw)["error"] == "An answer is already in progress in this conversation."
-        time.sleep(2.5)
+        time.sleep(max(0.0, lock_gone_at - time.monotonic()) + 0.25)
         after = fake.script(unique("after"), deltas("back"))
         assert post_stream(survivor.url, {"message": after, "conversation_id": conversation_id}).status == 200
         assert [m["content"] for m in messages(survivor.url, conversation_id)][-3:] == [doomed_message, after, "back"]

@@ -152,7 +152,8 @@ def run(options: Options) -> Report:
             "OPENAI_IDLE_TIMEOUT": str(options.idle_timeout),
         }
         main_port, secret_port, endpoint_port = free_ports(3)
-        secret_env = app_env(fake.base_url, **timeouts, **faults.secrets_manager_env(endpoint_port))
+        # Default model timeouts here: its first request imports boto3 and asks Secrets Manager before the model.
+        secret_env = app_env(fake.base_url, **faults.secrets_manager_env(endpoint_port))
         with (
             AppProcess(app_env(fake.base_url, **timeouts), port=main_port) as main,
             AppProcess(secret_env, port=secret_port) as secret,

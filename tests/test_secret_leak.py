@@ -127,7 +127,7 @@ def debug_env(fake: FakeOpenAI, endpoint: str) -> dict[str, str]:
         OPENAI_API_KEY="",
         OPENAI_API_KEY_SECRET_ID="leak/openai",
         CHAT_AUTH_TOKEN_SECRET_ID="leak/token",
-        OPENAI_FIRST_TOKEN_TIMEOUT="2",
+        OPENAI_FIRST_TOKEN_TIMEOUT="10",  # the first request imports boto3 and openai at DEBUG; no case stalls first
         OPENAI_IDLE_TIMEOUT="0.5",
         POWERTOOLS_LOG_LEVEL="DEBUG",
         POWERTOOLS_METRICS_DISABLED="false",

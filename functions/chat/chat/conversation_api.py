@@ -25,6 +25,17 @@ Identify = Callable[[Request], Awaitable[str | Response]]
 """The verified caller's identity (`auth.Authenticator`), or the error response refusing the request."""
 
 
+async def owned_conversation(request: Request, caller: Identify) -> tuple[str, str] | Response:
+    """The caller and the path's conversation id, or the refusal: a malformed id is as unknown as a missing one."""
+    owner = await caller(request)
+    if isinstance(owner, Response):
+        return owner
+    conversation_id: str = request.path_params["conversation_id"]
+    if not valid_id(conversation_id):
+        return error_response(404, NOT_FOUND)
+    return owner, conversation_id
+
+
 def _json(payload: object, status: int = 200) -> Response:
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     return Response(body, status, media_type="application/json")
@@ -178,12 +189,10 @@ def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> Non
     )
     async def read_conversation(request: Request) -> Response:
         """One conversation with all its messages."""
-        owner = await caller(request)
-        if isinstance(owner, Response):
-            return owner
-        conversation_id = request.path_params["conversation_id"]
-        if not valid_id(conversation_id):
-            return error_response(404, NOT_FOUND)
+        target = await owned_conversation(request, caller)
+        if isinstance(target, Response):
+            return target
+        owner, conversation_id = target
         try:
             conversation = await store.load(owner, conversation_id, time.time())
         except StoreError as error:
@@ -202,12 +211,10 @@ def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> Non
     )
     async def delete_conversation(request: Request) -> Response:
         """Delete a conversation and everything stored with it."""
-        owner = await caller(request)
-        if isinstance(owner, Response):
-            return owner
-        conversation_id = request.path_params["conversation_id"]
-        if not valid_id(conversation_id):
-            return error_response(404, NOT_FOUND)
+        target = await owned_conversation(request, caller)
+        if isinstance(target, Response):
+            return target
+        owner, conversation_id = target
         try:
             found = await store.delete(owner, conversation_id, time.time())
         except StoreError as error:
@@ -225,12 +232,10 @@ def add_conversation_routes(app: FastAPI, store: Store, caller: Identify) -> Non
     )
     async def stop_answer(request: Request) -> Response:
         """Stop the conversation's answer in progress, wherever it is streaming."""
-        owner = await caller(request)
-        if isinstance(owner, Response):
-            return owner
-        conversation_id = request.path_params["conversation_id"]
-        if not valid_id(conversation_id):
-            return error_response(404, NOT_FOUND)
+        target = await owned_conversation(request, caller)
+        if isinstance(target, Response):
+            return target
+        owner, conversation_id = target
         try:
             result = await store.request_stop(owner, conversation_id, time.time())
         except StoreError as error:

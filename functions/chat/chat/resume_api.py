@@ -12,10 +12,10 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from .conversation import NOT_FOUND
-from .conversation_api import Identify
+from .conversation_api import Identify, owned_conversation
 from .relay import error_response
 from .resumable import EventIdAhead, FollowerLimit, FollowStream, Resumables, find, parse_event_id
-from .store.base import ConversationNotFound, StoreError, valid_id
+from .store.base import ConversationNotFound, StoreError
 
 BAD_ID = "Last-Event-ID is not an event id this service sent."
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -60,12 +60,10 @@ def add_resume_route(app: FastAPI, answers: Resumables, caller: Identify) -> Non
     )
     async def resume_answer(request: Request) -> Response:
         """Replay a resumable answer after the client's last event id, then follow it until it ends."""
-        owner = await caller(request)
-        if isinstance(owner, Response):
-            return owner
-        conversation_id = request.path_params["conversation_id"]
-        if not valid_id(conversation_id):
-            return error_response(404, NOT_FOUND)
+        target = await owned_conversation(request, caller)
+        if isinstance(target, Response):
+            return target
+        owner, conversation_id = target
         raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         last = None if not raw else parse_event_id(raw)
         if raw and last is None:

@@ -10,10 +10,10 @@ an hour (`Budgets` decides when, by its clock).
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..sqlite_file import SQLiteFile
 from .base import Counter, KeyExists, KeyRecord, Ledger, LedgerUnavailable
 
 SCHEMA = """
@@ -37,30 +37,17 @@ class SQLiteLedger(Ledger):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self.path = path
-        self._connection: sqlite3.Connection | None = None
-        self._guard = threading.Lock()
+        self._file = SQLiteFile(path, SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        with self._guard:
-            if self._connection is None:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-                    connection.execute("PRAGMA journal_mode=WAL")
-                    connection.execute("PRAGMA synchronous=NORMAL")
-                    connection.executescript(SCHEMA)
-                except (OSError, sqlite3.Error) as error:
-                    raise LedgerUnavailable(f"The usage store could not be opened: {error}") from None
-                self._connection = connection
-            return self._connection
+        try:
+            return self._file.connection()
+        except (OSError, sqlite3.Error) as error:
+            raise LedgerUnavailable(f"The usage store could not be opened: {error}") from None
 
     def close(self) -> None:
         super().close()
-        with self._guard:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        self._file.close()
 
     def create_key(self, record: KeyRecord) -> None:
         try:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from pathlib import Path
 
+from ..sqlite_file import SQLiteFile
 from ..usage import Usage
 from .base import (
     AnswerEvents,
@@ -81,41 +81,24 @@ class SQLiteStore(Store):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self.path = path
-        self._connection: sqlite3.Connection | None = None
-        self._guard = threading.Lock()
+        self._file = SQLiteFile(path, SCHEMA, _add_usage_columns)
         self._last_purge = 0.0
 
     def _db(self) -> sqlite3.Connection:
-        with self._guard:
-            if self._connection is None:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-                    connection.execute("PRAGMA journal_mode=WAL")
-                    connection.execute("PRAGMA synchronous=NORMAL")
-                    connection.executescript(SCHEMA)
-                    _add_usage_columns(connection)
-                except (OSError, sqlite3.Error) as error:
-                    raise StoreUnavailable(f"The conversation store could not be opened: {error}") from None
-                self._connection = connection
-            return self._connection
+        try:
+            return self._file.connection()
+        except (OSError, sqlite3.Error) as error:
+            raise StoreUnavailable(f"The conversation store could not be opened: {error}") from None
 
     def warm(self) -> None:
         """Nothing to import: sqlite3 is part of the standard library and already loaded."""
 
     def reset(self) -> None:
-        self._disconnect()
+        self._file.close()
 
     def close(self) -> None:
         super().close()
-        self._disconnect()
-
-    def _disconnect(self) -> None:
-        with self._guard:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        self._file.close()
 
     def _write(self, now: float) -> sqlite3.Connection:
         """Begin a write transaction (purging expired conversations first, hourly)."""

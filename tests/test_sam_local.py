@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -22,9 +23,10 @@ from tests.harness.sam_cli import ROOT, sam_tool
 from tests.harness.support import decode_sse, unique
 
 
-@pytest.fixture(scope="module")
-def local_api(fake: FakeOpenAI) -> Iterator[str]:
-    with emulator(runtime_env(fake, AWS_SAM_LOCAL="true")) as (invoke_url, _):
+@contextmanager
+def start_api(env: dict[str, str]) -> Iterator[str]:
+    """SAM CLI's local API service from template.yaml, in front of the function under AWS's emulator."""
+    with emulator(env) as (invoke_url, _):
         port = free_port()
         command = [
             str(sam_tool("python")),
@@ -34,6 +36,12 @@ def local_api(fake: FakeOpenAI) -> Iterator[str]:
         with ChildProcess([*command, str(port), invoke_url], dict(os.environ)) as sam:
             wait_for_port(port, sam)
             yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def local_api(fake: FakeOpenAI) -> Iterator[str]:
+    with start_api(runtime_env(fake, AWS_SAM_LOCAL="true")) as url:
+        yield url
 
 
 def test_post_streams_the_whole_event_sequence(local_api: str, fake: FakeOpenAI) -> None:
@@ -84,17 +92,8 @@ def local_api_with_table(fake: FakeOpenAI) -> Iterator[str]:
     table = unique("chat")
     with dynamodb.moto_server() as endpoint:
         dynamodb.create_table(dynamodb.client(endpoint), table)
-        env = runtime_env(fake, AWS_SAM_LOCAL="true", **dynamodb.server_env(endpoint, table))
-        with emulator(env) as (invoke_url, _):
-            port = free_port()
-            command = [
-                str(sam_tool("python")),
-                str(ROOT / "tests" / "harness" / "sam_local_api.py"),
-                str(ROOT / "template.yaml"),
-            ]
-            with ChildProcess([*command, str(port), invoke_url], dict(os.environ)) as sam:
-                wait_for_port(port, sam)
-                yield f"http://127.0.0.1:{port}"
+        with start_api(runtime_env(fake, AWS_SAM_LOCAL="true", **dynamodb.server_env(endpoint, table))) as url:
+            yield url
 
 
 def test_conversations_work_through_the_template_routes(local_api_with_table: str, fake: FakeOpenAI) -> None:

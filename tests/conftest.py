@@ -19,8 +19,10 @@ import pytest
 from moto import mock_aws
 
 from chat.snapstart import forget_powertools_caches
+from tests.harness import dynamodb
 from tests.harness.app_process import AWS_TEST_ENV
 from tests.harness.fake_openai import FakeOpenAI
+from tests.harness.moto_atomic import atomic_items
 from tests.harness.sam_cli import build_package
 from tests.harness.support import AppServer, settings_for
 
@@ -52,3 +54,17 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def x86_64_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Lambda package as the project's build makes it, for this machine's architecture: built once a session."""
     return build_package(tmp_path_factory.mktemp("twin"), "x86_64")
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """CHAT_STORE_URL of each backend: SQLite on a temp file, or DynamoDB as moto in process (AWS itself
+    cannot run here) with the table template.yaml deploys and DynamoDB's per-item atomicity."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'chat.sqlite3'}"
+        return
+    for name, value in dynamodb.TEST_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws(), atomic_items():
+        dynamodb.create_table(dynamodb.client(), "chat")
+        yield "dynamodb://chat"

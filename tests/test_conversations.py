@@ -73,18 +73,9 @@ def _serve(fake: FakeOpenAI, **overrides: Any) -> Iterator[Service]:
     app.state.store.close()
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def service(
-    request: pytest.FixtureRequest, fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Service]:
-    if request.param == "sqlite":
-        yield from _serve(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", stop_poll_seconds=0.1)
-        return
-    for name, value in dynamodb.TEST_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        dynamodb.create_table(dynamodb.client(), "chat")
-        yield from _serve(fake, store_url="dynamodb://chat", stop_poll_seconds=0.1)
+@pytest.fixture
+def service(fake: FakeOpenAI, store_url: str) -> Iterator[Service]:
+    yield from _serve(fake, store_url=store_url, stop_poll_seconds=0.1)
 
 
 @pytest.fixture

@@ -13,13 +13,11 @@ import datetime
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from moto import mock_aws
 
 from chat.app import create_app
 from chat.config import Settings
@@ -27,21 +25,8 @@ from chat.keys import key_hash
 from chat.usage import estimate_messages
 from tests.harness import dynamodb
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Hold, Reset, deltas
-from tests.harness.moto_atomic import atomic_items
 from tests.harness.support import AppServer, post_stream, settings_for, unique
 from tools import keys as keys_tool
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'data' / 'chat.sqlite3'}"
-        return
-    for name, value in dynamodb.TEST_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws(), atomic_items():
-        dynamodb.create_table(dynamodb.client(), "chat-keys")
-        yield "dynamodb://chat-keys"
 
 
 def tool(settings: Settings, *argv: str) -> list[str]:
@@ -291,7 +276,7 @@ def test_the_stored_hash_is_not_the_key(fake: FakeOpenAI, store_url: str, tmp_pa
     if store_url.startswith("sqlite"):
         stored = b"".join(path.read_bytes() for path in (tmp_path / "data").iterdir())
     else:
-        stored = json.dumps(dynamodb.client().scan(TableName="chat-keys")["Items"]).encode()
+        stored = json.dumps(dynamodb.client().scan(TableName="chat")["Items"]).encode()
     assert key_hash(key).encode() in stored
     assert key.encode() not in stored
     assert key.removeprefix("csk_")[:12].encode() not in stored

@@ -11,43 +11,29 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from moto import mock_aws
 
 from chat.keys import KeyLookup, key_hash, new_key
 from chat.ledger import Counter, KeyExists, KeyRecord, Ledger, open_ledger
 from chat.ledger.sqlite import SQLiteLedger
 from tests.harness import dynamodb
-from tests.harness.moto_atomic import atomic_items
 
 DAY = "day:2026-11-30"
 MONTH = "month:2026-11"
 EXPIRES = 1_900_000_000
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def opened(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[], Ledger]]:
+@pytest.fixture
+def opened(store_url: str) -> Iterator[Callable[[], Ledger]]:
     """A factory of ledgers on one store (several instances = several processes' connections)."""
     made: list[Ledger] = []
 
-    def make(url: str) -> Callable[[], Ledger]:
-        def one() -> Ledger:
-            ledger = open_ledger(url)
-            assert ledger is not None
-            made.append(ledger)
-            return ledger
+    def one() -> Ledger:
+        ledger = open_ledger(store_url)
+        assert ledger is not None
+        made.append(ledger)
+        return ledger
 
-        return one
-
-    if request.param == "sqlite":
-        yield make(f"sqlite:///{tmp_path / 'data' / 'chat.sqlite3'}")
-    else:
-        for name, value in dynamodb.TEST_CREDENTIALS.items():
-            monkeypatch.setenv(name, value)
-        with mock_aws(), atomic_items():
-            dynamodb.create_table(dynamodb.client(), "chat-test")
-            yield make("dynamodb://chat-test")
+    yield one
     for ledger in made:
         ledger.close()
 
@@ -153,7 +139,7 @@ def test_the_store_holds_the_hash_not_the_key(ledger: Ledger, tmp_path: Path) ->
         with sqlite3.connect(tmp_path / "data" / "chat.sqlite3") as db:
             stored += repr(db.execute("SELECT * FROM api_keys").fetchall()).encode()
     else:
-        stored = repr(dynamodb.client().scan(TableName="chat-test")["Items"]).encode()
+        stored = repr(dynamodb.client().scan(TableName="chat")["Items"]).encode()
     assert key_hash(key).encode() in stored
     secret = key.removeprefix("csk_")
     assert not [secret[i : i + 8] for i in range(len(secret) - 7) if secret[i : i + 8].encode() in stored]

@@ -12,18 +12,15 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
 from chat.app import create_app
 from chat.conversation import STOPPED
-from tests.harness import dynamodb
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, Step
 from tests.harness.support import AppServer, settings_for, unique
 from tests.test_conversations import ALICE, BOB, PRINCIPAL_HEADER, AsCaller
@@ -95,18 +92,9 @@ def _deploy(fake: FakeOpenAI, store_url: str, **overrides: Any) -> Iterator[Depl
         app.state.store.close()
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def deployment(
-    request: pytest.FixtureRequest, fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Deployment]:
-    if request.param == "sqlite":
-        yield from _deploy(fake, f"sqlite:///{tmp_path / 'chat.sqlite3'}")
-        return
-    for name, value in dynamodb.TEST_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        dynamodb.create_table(dynamodb.client(), "chat")
-        yield from _deploy(fake, "dynamodb://chat")
+@pytest.fixture
+def deployment(fake: FakeOpenAI, store_url: str) -> Iterator[Deployment]:
+    yield from _deploy(fake, store_url)
 
 
 def paced(words: list[str], pause: float = 0.03) -> list[Step]:

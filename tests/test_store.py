@@ -38,22 +38,12 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    if request.param == "sqlite":
-        opened = open_store(f"sqlite:///{tmp_path / 'data' / 'chat.sqlite3'}")
-        assert opened is not None
-        yield opened
-        opened.close()
-        return
-    for name, value in dynamodb.TEST_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        dynamodb.create_table(dynamodb.client(), "chat-test")
-        opened = open_store("dynamodb://chat-test")
-        assert opened is not None
-        yield opened
-        opened.close()
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    assert opened is not None
+    yield opened
+    opened.close()
 
 
 def start(

@@ -8,31 +8,15 @@ run here; the table comes from template.yaml).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from moto import mock_aws
 
 from chat.store import open_store
 from chat.usage import estimate_messages, estimate_text
-from tests.harness import dynamodb
 from tests.harness.fake_openai import Delta, FakeOpenAI, Reset, deltas
 from tests.harness.support import AppServer, post_stream, settings_for, unique
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'data' / 'chat.sqlite3'}"
-        return
-    for name, value in dynamodb.TEST_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        dynamodb.create_table(dynamodb.client(), "chat-usage")
-        yield "dynamodb://chat-usage"
 
 
 def conversation(url: str, conversation_id: str) -> list[dict[str, Any]]:

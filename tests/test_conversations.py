@@ -55,6 +55,17 @@ class Service:
     def ask(self, body: dict[str, Any], caller: str = ALICE) -> Any:
         return post_stream(self.url, body, headers={PRINCIPAL_HEADER: caller})
 
+    def ask_in_background(self, message: str, conversation_id: str) -> tuple[threading.Thread, list[Any]]:
+        """Start asking in a thread and return once the model has the request: the answer is then in progress."""
+        results: list[Any] = []
+        body = {"message": message, "conversation_id": conversation_id}
+        thread = threading.Thread(target=lambda: results.append(self.ask(body)))
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not self.fake.requests_for(message) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return thread, results
+
     def call(self, method: str, path: str, caller: str = ALICE, **kwargs: Any) -> httpx.Response:
         with httpx.Client(timeout=30) as client:
             return client.request(method, f"{self.url}{path}", headers={PRINCIPAL_HEADER: caller}, **kwargs)
@@ -173,14 +184,7 @@ def test_another_caller_gets_404_on_every_route(service: Service, fake: FakeOpen
 def test_concurrent_streams_on_one_conversation_get_one_200_and_one_409(service: Service, fake: FakeOpenAI) -> None:
     conversation_id = service.ask({"message": unique(), "store": True}).headers["x-conversation-id"]
     slow = fake.script(unique("slow"), [Delta("slow"), Sleep(0.6), Delta(" answer"), Done()])
-    results: list[Any] = []
-    first = threading.Thread(
-        target=lambda: results.append(service.ask({"message": slow, "conversation_id": conversation_id}))
-    )
-    first.start()
-    deadline = time.monotonic() + 5
-    while not fake.requests_for(slow) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    first, results = service.ask_in_background(slow, conversation_id)
     second_key = fake.script(unique("second"), deltas("never"))
     second = service.ask({"message": second_key, "conversation_id": conversation_id})
     first.join(10)
@@ -239,14 +243,7 @@ def test_a_stop_before_the_model_answers_ends_the_stream_too(sqlite_service: Ser
     service = sqlite_service
     conversation_id = service.ask({"message": unique(), "store": True}).headers["x-conversation-id"]
     key = fake.script(unique("thinking"), [HeaderDelay(20), *deltas("late")])
-    results: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: results.append(service.ask({"message": key, "conversation_id": conversation_id}))
-    )
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not fake.requests_for(key) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    thread, results = service.ask_in_background(key, conversation_id)
     assert service.call("POST", f"/api/conversations/{conversation_id}/stop").status_code == 202
     thread.join(3)
     assert not thread.is_alive()

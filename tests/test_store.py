@@ -155,14 +155,15 @@ def test_repeated_writes_of_a_turn_store_it_once(store: Store) -> None:
     assert [c.id for c in page.conversations] == [conversation_id]
 
 
-def test_partial_answers_keep_why_they_ended(store: Store) -> None:
+@pytest.mark.parametrize(("content", "status"), [("half an ans", "stopped"), ("", "error")])
+def test_partial_and_empty_answers_keep_why_they_ended(store: Store, content: str, status: str) -> None:
     conversation_id = new_id()
     turn = start(conversation_id, 0, "tell me", new=True)
     run(store.begin_turn(turn))
-    run(store.finish_turn(end(turn, "half an ans", "stopped")))
+    run(store.finish_turn(end(turn, content, status)))
     loaded = run(store.load(ALICE, conversation_id, NOW + 5))
     assert loaded is not None
-    assert (loaded.messages[-1].content, loaded.messages[-1].status) == ("half an ans", "stopped")
+    assert (loaded.messages[-1].content, loaded.messages[-1].status) == (content, status)
 
 
 def test_stop_flags_the_answer_in_progress_only(store: Store) -> None:
@@ -262,16 +263,6 @@ def test_a_long_answer_round_trips_whole(store: Store) -> None:
     loaded = run(store.load(ALICE, conversation_id, NOW + 5))
     assert loaded is not None
     assert loaded.messages[-1].content == content
-
-
-def test_an_empty_answer_is_stored_as_empty(store: Store) -> None:
-    conversation_id = new_id()
-    turn = start(conversation_id, 0, "refused", new=True)
-    run(store.begin_turn(turn))
-    run(store.finish_turn(end(turn, "", "error")))
-    loaded = run(store.load(ALICE, conversation_id, NOW + 5))
-    assert loaded is not None
-    assert (loaded.messages[-1].content, loaded.messages[-1].status) == ("", "error")
 
 
 def test_concurrent_turns_on_one_conversation_let_exactly_one_through(store: Store) -> None:

@@ -69,6 +69,8 @@ def prune(target: Path) -> None:
     for cache in target.rglob("__pycache__"):
         shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(target / "bin", ignore_errors=True)
+    for manifest in target.glob("*.dist-info/RECORD"):  # pip's list of installed files: only uninstalling reads it
+        manifest.unlink()
 
 
 def cold_path_modules() -> set[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -296,3 +297,41 @@ def test_a_keys_conversations_belong_to_its_name(fake: FakeOpenAI, store_url: st
     assert foreign.status_code == 404
     assert listed.json()["conversations"] == []
     assert (anonymous.status_code, anonymous.headers["www-authenticate"]) == (401, "Bearer")
+
+
+def test_a_client_leaving_while_its_usage_is_counted_is_charged_what_it_used(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """The ledger's one writer is busy with another request (its reservation waits on a locked SQLite file)
+    when an answer ends; that answer's client leaves before its reconciliation gets a turn. The
+    reconciliation must still run: the caller pays what the model counted, not the reservation."""
+    path = tmp_path / "chat.sqlite3"
+    settings = settings_for(fake, store_url=f"sqlite:///{path}", auth="keys", openai_max_tokens=100, idle_timeout=30)
+    key = create_key(settings, "leaver", "--tokens-per-day", "100000")
+    release = threading.Event()
+    leaving = fake.script(unique("leaving"), [Delta("one"), Hold(release), Delta(" two"), Done()])
+    other = fake.script(unique("other"), deltas("x"))
+    with AppServer(settings) as server:
+        with (
+            httpx.Client(timeout=30) as client,
+            client.stream(
+                "POST", f"{server.url}/api/chat/stream", json={"message": leaving}, headers=bearer(key)
+            ) as response,
+        ):
+            chunks = response.iter_raw()  # kept: a dropped iterator closes the response
+            assert b"one" in next(chunks)
+            lock = sqlite3.connect(path, isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")  # as another process writing
+            queued = threading.Thread(
+                target=post_stream, args=(server.url, {"message": other}), kwargs={"headers": bearer(key)}
+            )
+            queued.start()
+            time.sleep(0.3)  # the other request's reservation now holds the ledger's writer, waiting on the lock
+            release.set()  # the answer ends: its reconciliation queues behind that reservation
+            time.sleep(0.3)
+        time.sleep(0.3)  # the client has left
+        lock.execute("ROLLBACK")
+        lock.close()
+        queued.join(30)
+        status, report, _ = usage(server.url, key)
+    reported = {message: fake.requests_for(message)[0].prompt_tokens for message in (leaving, other)}
+    assert status == 200
+    assert report["day"]["used"] == reported[leaving] + 2 + reported[other] + 1

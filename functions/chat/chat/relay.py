@@ -123,7 +123,7 @@ class ChatStream(Response):
         self.stream: OpenStream | None = None
         self.completion_estimate = 0
         self.on_end = on_end
-        self.settled = False
+        self.settling: asyncio.Future[None] | None = None
         self.journal = journal
         self.client_gone = False
 
@@ -168,12 +168,15 @@ class ChatStream(Response):
     async def _settle(self) -> None:
         """Once per request, before its last event or error body: fix its usage and hand it to `on_end`,
         so a client that reads the end and then asks for its usage sees the counters reconciled."""
-        if self.settled:
-            return
-        self.settled = True
-        self.outcome.usage = self.usage()
+        if self.settling is None:
+            self.outcome.usage = self.usage()
+            self.settling = asyncio.ensure_future(self._count(self.outcome.usage))
+        # Shielded: a client leaving mid-write must not cancel the reconciliation and leave the reservation charged.
+        await asyncio.shield(self.settling)
+
+    async def _count(self, usage: Usage) -> None:
         if self.on_end is not None:
-            await self.on_end(self.outcome.usage)
+            await self.on_end(usage)
 
     def usage(self) -> Usage:
         """The tokens this request used: as the upstream reported them, else estimated from what was relayed."""

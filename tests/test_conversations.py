@@ -23,7 +23,7 @@ from moto import mock_aws
 from chat.app import create_app
 from chat.conversation import STOPPED
 from tests.harness import dynamodb
-from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, deltas, openai_error
+from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Raw, Reset, Sleep, Stall, deltas, openai_error
 from tests.harness.support import AppServer, post_stream, settings_for, unique
 
 ALICE = "arn:aws:iam::123456789012:user/alice"
@@ -147,6 +147,18 @@ def test_the_next_turn_sent_the_moment_done_arrives_is_never_refused(service: Se
         assert result.status == 200, result.raw
         assert result.events[-1] == ("message", "[DONE]")
     assert len(service.conversation(conversation_id)["messages"]) == 12
+
+
+def test_a_lone_surrogate_from_the_model_is_stored_as_the_replacement_character(
+    service: Service, fake: FakeOpenAI
+) -> None:
+    """Half a UTF-16 pair escaped in the model's JSON cannot be UTF-8: the answer is stored as streamed."""
+    half = b'data: {"choices":[{"index":0,"delta":{"content":"a\\ud83db"}}]}\n\n'
+    message = fake.script(unique(), [Raw(half), *deltas("ok")])
+    result = service.ask({"message": message, "store": True})
+    assert result.events == [("message", "a\ufffdb"), ("message", "ok"), ("message", "[DONE]")]
+    stored = service.conversation(result.headers["x-conversation-id"])["messages"]
+    assert [(m["content"], m["status"]) for m in stored] == [(message, "complete"), ("a\ufffdbok", "complete")]
 
 
 @pytest.mark.parametrize(

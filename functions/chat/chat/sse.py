@@ -16,12 +16,16 @@ DONE = b"event:message\ndata:[DONE]\n\n"
 HEARTBEAT = b": keep-alive\n\n"
 
 
+def without_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (a JSON escape of half a UTF-16 pair) as U+FFFD: it cannot be UTF-8."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
 def _utf8(text: str) -> bytes:
     try:
         return text.encode()
     except UnicodeEncodeError:
-        # A lone surrogate escape from the upstream cannot be UTF-8: show U+FFFD.
-        return _SURROGATE.sub("\ufffd", text).encode()
+        return without_lone_surrogates(text).encode()
 
 
 def _data_lines(payload: str) -> str:

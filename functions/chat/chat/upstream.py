@@ -19,6 +19,7 @@ from .chat_request import ChatRequest
 from .config import Settings
 from .redact import redact
 from .secrets import SecretSource, SecretUnavailable
+from .sse import without_lone_surrogates
 from .usage import Usage, reported
 
 if TYPE_CHECKING:
@@ -132,7 +133,8 @@ def _delta_content(chunk: dict[str, Any]) -> str | None:
     first = choices[0]
     delta = first.get("delta") if isinstance(first, dict) else None
     content = delta.get("content") if isinstance(delta, dict) else None
-    return content if isinstance(content, str) else None
+    # Replaced here, not only when framed: the stored answer and a resumable answer's events are UTF-8 too.
+    return without_lone_surrogates(content) if isinstance(content, str) else None
 
 
 def _error_text(error: object) -> str:

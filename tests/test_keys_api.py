@@ -23,9 +23,9 @@ import pytest
 from chat.app import create_app
 from chat.config import Settings
 from chat.keys import key_hash
-from chat.usage import estimate_messages
+from chat.usage import estimate_messages, prompt_bound
 from tests.harness import dynamodb
-from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Hold, Reset, deltas
+from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Hold, Reset, UsageChunk, deltas
 from tests.harness.support import AppServer, post_stream, settings_for, unique
 from tools import keys as keys_tool
 
@@ -135,8 +135,9 @@ def test_the_tool_lists_and_refuses_what_it_cannot_do(fake: FakeOpenAI, store_ur
         assert refusal in output[0], output
 
 
-def estimate_for(message: str, max_tokens: int) -> int:
-    return estimate_messages([{"role": "user", "content": message}]) + max_tokens
+def reservation_for(message: str, max_tokens: int) -> int:
+    """What a request with `message` reserves: the most its prompt can be, plus `OPENAI_MAX_TOKENS`."""
+    return prompt_bound([{"role": "user", "content": message}]) + max_tokens
 
 
 def test_fifty_concurrent_requests_against_a_budget_that_admits_ten(fake: FakeOpenAI, store_url: str) -> None:
@@ -144,7 +145,7 @@ def test_fifty_concurrent_requests_against_a_budget_that_admits_ten(fake: FakeOp
     either refused or admitted; then they finish and are reconciled."""
     release = threading.Event()
     message = fake.script(unique("race"), [Delta("one"), Hold(release), Delta(" two"), Done()])
-    per_request = estimate_for(message, 100)
+    per_request = reservation_for(message, 100)
     settings = settings_for(fake, store_url=store_url, auth="keys", openai_max_tokens=100, idle_timeout=30)
     key = create_key(settings, "racer", "--tokens-per-day", str(per_request * 10 + per_request // 2))
 
@@ -182,6 +183,24 @@ def test_fifty_concurrent_requests_against_a_budget_that_admits_ten(fake: FakeOp
     assert report["month"]["used"] == 10 * reported
 
 
+def test_a_prompt_the_estimate_undercounts_cannot_take_a_caller_past_its_budget(
+    fake: FakeOpenAI, store_url: str
+) -> None:
+    """60 KB of "1 " is 60,000 tokens for OpenAI's tokenizers (each digit and each space its own piece), four
+    times the rule-of-thumb estimate: the reservation must count what the prompt can be, not what it usually is."""
+    message = "1 " * 30_000
+    fake.script(message, [Delta("ok"), UsageChunk(60_000, 1), Done()])
+    settings = settings_for(fake, store_url=store_url, auth="keys", openai_max_tokens=100)
+    key = create_key(settings, "eve", "--tokens-per-day", "20000")
+    with AppServer(settings) as server:
+        result = post_stream(server.url, {"message": message}, headers=bearer(key))
+        _, report, _ = usage(server.url, key)
+    assert result.status == 429
+    assert "daily budget of 20000" in json.loads(result.raw)["error"]
+    assert not fake.requests_for(message)  # refused before the model was called
+    assert report["day"]["used"] == 0
+
+
 class Clock:
     def __init__(self, start: datetime.datetime) -> None:
         self.now = start
@@ -195,7 +214,7 @@ def test_a_budget_resets_with_its_utc_window(fake: FakeOpenAI, store_url: str) -
     message = fake.script(unique("window"), deltas("ok"))
     settings = settings_for(fake, store_url=store_url, auth="keys", openai_max_tokens=50)
     # Room for one reservation; once it is reconciled to the few tokens used, not for a second.
-    key = create_key(settings, "erin", "--tokens-per-day", str(estimate_for(message, 50) + 5))
+    key = create_key(settings, "erin", "--tokens-per-day", str(reservation_for(message, 50) + 5))
     with AppServer(app=create_app(settings, clock=clock)) as server:
         assert post_stream(server.url, {"message": message}, headers=bearer(key)).status == 200
         refused = post_stream(server.url, {"message": message}, headers=bearer(key))
@@ -214,7 +233,7 @@ def test_the_monthly_budget_names_itself(fake: FakeOpenAI, store_url: str) -> No
     clock = Clock(datetime.datetime(2026, 12, 31, 12, 0, tzinfo=datetime.UTC))
     message = fake.script(unique("month"), deltas("ok"))
     settings = settings_for(fake, store_url=store_url, auth="keys", openai_max_tokens=50)
-    key = create_key(settings, "frank", "--tokens-per-month", str(estimate_for(message, 50)))
+    key = create_key(settings, "frank", "--tokens-per-month", str(reservation_for(message, 50)))
     with AppServer(app=create_app(settings, clock=clock)) as server:
         assert post_stream(server.url, {"message": message}, headers=bearer(key)).status == 200
         refused = post_stream(server.url, {"message": message}, headers=bearer(key))
@@ -225,14 +244,14 @@ def test_the_monthly_budget_names_itself(fake: FakeOpenAI, store_url: str) -> No
 
 def test_the_deployment_wide_daily_cap_stops_every_caller(fake: FakeOpenAI, store_url: str) -> None:
     message = fake.script(unique("cap"), deltas("ok"))
-    estimate = estimate_for(message, 50)
+    reservation = reservation_for(message, 50)
     settings = settings_for(
-        fake, store_url=store_url, auth="keys", openai_max_tokens=50, deployment_tokens_per_day=estimate + 5
+        fake, store_url=store_url, auth="keys", openai_max_tokens=50, deployment_tokens_per_day=reservation + 5
     )
     first, second = create_key(settings, "gina"), create_key(settings, "hank")
     with AppServer(settings) as server:
         assert post_stream(server.url, {"message": message}, headers=bearer(first)).status == 200
-        # After reconciliation the deployment has used far less than the estimate, but not enough
+        # After reconciliation the deployment has used far less than the reservation, but not enough
         # is left for the second caller's whole reservation.
         refused = post_stream(server.url, {"message": message + " " + "x" * 400}, headers=bearer(second))
         assert refused.status == 429

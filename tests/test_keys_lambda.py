@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from chat.usage import estimate_messages
+from chat.usage import prompt_bound
 from tests.harness import dynamodb
 from tests.harness.fake_openai import FakeOpenAI, deltas
 from tests.harness.lambda_events import function_url_event, split_streamed
@@ -77,7 +77,7 @@ def test_usage_is_recorded_and_a_budget_holds_across_invocations(
     double: RuntimeAPIDouble, fake: FakeOpenAI, endpoint: str
 ) -> None:
     message = fake.script(unique("lambda"), deltas("Hi", " there"))
-    estimate = estimate_messages([{"role": "user", "content": message}]) + MAX_TOKENS
+    estimate = prompt_bound([{"role": "user", "content": message}]) + MAX_TOKENS
     with runtime(double, fake, endpoint, per_day=estimate + 5) as process:
         first = double.invoke(signed_by(ALICE, function_url_event({"message": message})))
         second = double.invoke(signed_by(ALICE, function_url_event({"message": message})))

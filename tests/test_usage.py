@@ -18,7 +18,7 @@ import pytest
 
 from chat import observability
 from chat.upstream import DeltaParser
-from chat.usage import Usage, estimate_messages, estimate_text
+from chat.usage import Usage, estimate_messages, estimate_text, prompt_bound
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Raw, Reset, Stall, Step, UsageChunk, deltas, openai_error
 from tests.harness.support import app_server, post_stream, settings_for, unique
 
@@ -181,6 +181,15 @@ def test_a_running_total_keeps_the_last_count(access_log: Records) -> None:
 )
 def test_the_estimator_rule(text: str, tokens: int) -> None:
     assert estimate_text(text) == tokens
+
+
+@pytest.mark.parametrize(("content", "most"), [("1 " * 30_000, 60_000), ("hello", 5), ("日本語", 9), ("", 0)])
+def test_a_reservation_counts_each_byte_as_a_token(content: str, most: int) -> None:
+    """Byte-level BPE (OpenAI's tokenizers): no token is shorter than a byte. cl100k splits 60 KB of "1 " into
+    60,000 tokens, which the estimator puts at 15,007: a budget's reservation must not use the estimate."""
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": content}]
+    assert prompt_bound(messages) == 3 + (4 + 8) + (4 + most)
+    assert prompt_bound(messages) >= estimate_messages(messages)
 
 
 def test_token_metrics_have_no_per_caller_dimension() -> None:

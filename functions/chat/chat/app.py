@@ -36,7 +36,7 @@ from .secrets import SecretSource
 from .store import StoreError, open_store
 from .store.dynamodb import DynamoDBStore
 from .upstream import Upstream
-from .usage import Usage, estimate_messages
+from .usage import Usage, prompt_bound
 
 _CHAT_OPENAPI = {
     "requestBody": {
@@ -246,12 +246,12 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         return caller if isinstance(caller, Response) else caller.name
 
     async def reserve(caller: Caller, chat: ChatRequest) -> Reservation | Response | None:
-        """Reserve the request's estimated maximum on the caller's budgets, or the 429/503 refusing it."""
+        """Reserve the most the request can use on the caller's budgets, or the 429/503 refusing it."""
         if budgets is None:
             return None
-        estimate = estimate_messages(chat.openai_messages()) + completion_reserve
+        most = prompt_bound(chat.openai_messages()) + completion_reserve
         try:
-            return await budgets.reserve(caller.name, caller.limits, estimate)
+            return await budgets.reserve(caller.name, caller.limits, most)
         except OverBudget as refusal:
             return error_response(429, refusal.message, {"retry-after": str(refusal.retry_after)})
         except LedgerUnavailable:

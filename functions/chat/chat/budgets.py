@@ -1,16 +1,17 @@
 """Token budgets: per caller per UTC day and month, plus one deployment-wide UTC day.
 
-Before the model is called, a request reserves its estimated maximum (the prompt's
-estimate plus `OPENAI_MAX_TOKENS`, or `CHAT_RESERVE_COMPLETION_TOKENS` when no cap is
-sent) on every counter at once, through the ledger's conditional update; a counter
-that would pass its limit refuses the request (429). When the stream ends, the
-counters are reconciled to what the request really used.
+Before the model is called, a request reserves the most it can use (the prompt's
+upper bound, `usage.prompt_bound`: one token per UTF-8 byte plus the framing, plus
+`OPENAI_MAX_TOKENS`, or `CHAT_RESERVE_COMPLETION_TOKENS` when no cap is sent) on every
+counter at once, through the ledger's conditional update; a counter that would pass
+its limit refuses the request (429). When the stream ends, the counters are reconciled
+to what the request really used.
 
 The bound: a caller's counter can end above its limit only by what admitted requests
 used beyond their reservation, i.e. the sum, over requests admitted together, of
-(actual - reserved) where positive. With `OPENAI_MAX_TOKENS` set the answer cannot
-exceed its part, so only a prompt estimated too low (the estimate errs high) can add;
-without it, answers longer than `CHAT_RESERVE_COMPLETION_TOKENS` can.
+(actual - reserved) where positive. With `OPENAI_MAX_TOKENS` set nothing can exceed its
+part (the prompt's part is an upper bound); without it, answers longer than
+`CHAT_RESERVE_COMPLETION_TOKENS` can.
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ class Budgets:
             counters.append(Counter(DEPLOYMENT, day.key, self._deployment_per_day, expires + DAY_COUNTER_DAYS * 86400))
         return counters
 
-    async def reserve(self, caller: str, limits: Limits, estimate: int) -> Reservation:
-        """Reserve `estimate` tokens on every counter with a limit, or raise OverBudget naming the one that refused.
+    async def reserve(self, caller: str, limits: Limits, amount: int) -> Reservation:
+        """Reserve `amount` tokens on every counter with a limit, or raise OverBudget naming the one that refused.
 
         Only counters with a limit are written before the model is called (one conditional
         update each); the others are counted when the stream ends."""
@@ -114,9 +115,9 @@ class Budgets:
         counted = tuple(counter for counter in counters if counter.limit is None)
         if not reserved:
             return Reservation(reserved, counted, 0)
-        refused = await self._ledger.reserve_async(reserved, estimate)
+        refused = await self._ledger.reserve_async(reserved, amount)
         if refused is None:
-            return Reservation(reserved, counted, estimate)
+            return Reservation(reserved, counted, amount)
         day, month = windows(now)
         window = day if refused.window == day.key else month
         whose = "the deployment's" if refused.caller == DEPLOYMENT else "your"

@@ -8,8 +8,13 @@ here, without a tokenizer: no download, no network, microseconds per call.
 The estimate: a quarter of a token per ASCII character (OpenAI's rule of thumb for
 English, about 4 characters per token), one token per other character (CJK text is
 roughly one token per character), rounded up, plus 4 tokens of framing per message
-and 3 for the reply's priming, as OpenAI's cookbook counts them. It leans high for
-most text, which is the safe side for budgets.
+and 3 for the reply's priming, as OpenAI's cookbook counts them. It is close for
+most text but can be far too low (60 KB of "1 " is 60,000 tokens, estimated 15,007),
+so it only prices what a stream used when the model reported nothing.
+
+What a request reserves on its budgets (`prompt_bound`) is a true upper bound instead:
+OpenAI's tokenizers are byte-level BPE, so every token of the text is at least one
+byte, and a text of n UTF-8 bytes is at most n tokens.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ def estimate_text(text: str) -> int:
 def estimate_messages(messages: Iterable[Mapping[str, str]]) -> int:
     """Estimated prompt tokens of Chat Completions messages."""
     return REPLY_PRIMING_TOKENS + sum(TOKENS_PER_MESSAGE + estimate_text(m["content"]) for m in messages)
+
+
+def prompt_bound(messages: Iterable[Mapping[str, str]]) -> int:
+    """At most how many prompt tokens the messages can be: one per UTF-8 byte, plus the framing.
+
+    A lone surrogate (in a turn stored before the parser replaced them) counts its 3 bytes, never fails."""
+    return REPLY_PRIMING_TOKENS + sum(
+        TOKENS_PER_MESSAGE + len(m["content"].encode(errors="surrogatepass")) for m in messages
+    )
 
 
 @dataclass(frozen=True)

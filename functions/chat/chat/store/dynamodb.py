@@ -8,7 +8,7 @@ index `gsi1` (`gsi1pk`, `gsi1sk`) lists a caller's conversations newest first.
 A conversation (`pk = CONV#<owner digest>#<id>`):
 
     sk = META                       title, created_at, updated_at, gsi1pk = OWNER#<owner digest>,
-                                    gsi1sk = <updated_at>#<id>
+                                    gsi1sk = <updated_at>#<id>, expires_at (the conversation's expiry)
     sk = LOCK                       turn_id, expires_at (the lock's expiry), stop_requested
     sk = TURN#<seq:08>#0            the user's message of turn <seq>
     sk = TURN#<seq:08>#1#<part:04>  the answer, split over items of at most 350 kB (items stop at 400 kB);
@@ -21,6 +21,10 @@ A conversation (`pk = CONV#<owner digest>#<id>`):
 Reads of one conversation are one strongly consistent Query. `begin_turn` and
 `finish_turn` are each one TransactWriteItems (plus one PutItem per extra 350 kB of
 answer); a transaction's token makes boto3's own retries idempotent.
+
+TTL deletes items one by one, so the turns always outlive META: they are written to expire
+ITEM_EXPIRY_SLACK after it, and when activity moves META's expiry past the oldest turn's,
+`finish_turn` moves every turn's forward again (so at most once per ITEM_EXPIRY_SLACK of activity).
 
 boto3 is imported on first use, not at import: a stateless cold start never pays for it.
 """
@@ -57,6 +61,7 @@ from .base import (
 
 INDEX = "gsi1"
 PART_BYTES = 350_000
+ITEM_EXPIRY_SLACK = 86400
 _NAMES = {"#t": "turn_id", "#e": "expires_at", "#s": "stop_requested", "#u": "updated_at", "#g": "gsi1sk"}
 
 
@@ -180,12 +185,11 @@ class DynamoDBStore(Store):
             sk = item["sk"]["S"]
             if sk == "LOCK" or sk.startswith(("EVENTS#", "FOLLOW#")):
                 continue
-            expires = int(item["expires_at"]["N"]) if "expires_at" in item else None
-            if expires is not None:
-                oldest = expires if oldest is None else min(oldest, expires)
             if sk == "META":
                 meta = item
             elif sk.startswith("TURN#"):
+                expires = int(item["expires_at"]["N"])
+                oldest = expires if oldest is None else min(oldest, expires)
                 _, seq_text, kind, *part = sk.split("#")
                 seq = int(seq_text)
                 if kind == "0":
@@ -204,7 +208,9 @@ class DynamoDBStore(Store):
             conversation_id, meta["title"]["S"], meta["created_at"]["S"], meta["updated_at"]["S"]
         )
         next_seq = max((seq for seq, _, _ in turns), default=-1) + 1
-        return Conversation(summary, tuple(messages), next_seq, oldest if oldest is not None else 0)
+        return Conversation(
+            summary, tuple(messages), next_seq, oldest if oldest is not None else int(meta["expires_at"]["N"])
+        )
 
     def _list(self, owner: str, limit: int, cursor: str | None, now: float) -> Page:
         owner_digest = owner_key(owner)
@@ -283,7 +289,7 @@ class DynamoDBStore(Store):
                     "status": _s("complete"),
                     "created_at": _s(stamp),
                     "turn_id": _s(start.turn_id),
-                    "expires_at": _n(start.expires_at),
+                    "expires_at": _n(start.expires_at + ITEM_EXPIRY_SLACK),
                 },
                 "ConditionExpression": "attribute_not_exists(pk) OR #t = :turn",
                 "ExpressionAttributeNames": {"#t": "turn_id"},
@@ -345,7 +351,7 @@ class DynamoDBStore(Store):
                     "sk": _s(turn_sk(end.seq, number)),
                     "content": _s(text),
                     "turn_id": _s(end.turn_id),
-                    "expires_at": _n(end.expires_at),
+                    "expires_at": _n(end.expires_at + ITEM_EXPIRY_SLACK),
                 },
             )
         answer = {
@@ -359,7 +365,7 @@ class DynamoDBStore(Store):
                     "status": _s(end.status),
                     "created_at": _s(stamp),
                     "turn_id": _s(end.turn_id),
-                    "expires_at": _n(end.expires_at),
+                    "expires_at": _n(end.expires_at + ITEM_EXPIRY_SLACK),
                     "parts": _n(len(parts)),
                     **_usage_attributes(end.usage),
                 },
@@ -388,10 +394,10 @@ class DynamoDBStore(Store):
             # The lock is no longer ours (it expired and was taken, or was released): store the answer anyway.
             client.transact_write_items(TransactItems=[answer, meta])
         if end.refresh_expiry:
-            self._refresh_expiry(pk, end.expires_at)
+            self._refresh_expiry(pk, end.expires_at + ITEM_EXPIRY_SLACK)
 
     def _refresh_expiry(self, pk: str, expires_at: int) -> None:
-        """Move every item's TTL forward, so an active conversation's first turns do not expire."""
+        """Move every turn's TTL forward past META's, so an active conversation's first turns do not expire."""
         client = self.client()
         for item in list(self._items(pk, keys_only=True)):
             if item["sk"]["S"] == "LOCK" or item["sk"]["S"].startswith(("EVENTS#", "FOLLOW#")):

@@ -487,6 +487,22 @@ def test_429_shows_the_wait_and_keeps_the_text(chat: Tab, fake: FakeOpenAI, site
     assert chat.conversation_id, "the service kept the turn of a refused stored request: the page should show it"
 
 
+def test_a_429_for_a_request_bigger_than_the_budget_shows_why_and_no_wait(
+    chromium: Browser, fake: FakeOpenAI, tmp_path: Any
+) -> None:
+    """A daily budget of 2000 cannot hold a request that reserves 4096 for its answer: there is no Retry-After,
+    and the page must not say "try again in a moment"."""
+    settings = settings_for(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", budget_tokens_per_day=2000)
+    with AppServer(settings) as server, tab(chromium, server.url) as chat:
+        expect(chat.conversations).to_be_visible()
+        typed = unique("too-big")
+        status, said = _json_error(server.url, {"message": typed})
+        assert status == 429
+        chat.send(typed)
+        _refused(chat, typed, status, said, "more than your daily budget")
+        expect(chat.problem).not_to_contain_text("try again in")
+
+
 def test_5xx_shows_the_failure_and_keeps_the_text(chat: Tab, fake: FakeOpenAI, site: str) -> None:
     typed = fake.script(unique("down"), [openai_error(500, "The server had an error", "server_error")])
     status, said = _json_error(site, {"message": typed})

@@ -201,6 +201,28 @@ def test_a_prompt_the_estimate_undercounts_cannot_take_a_caller_past_its_budget(
     assert report["day"]["used"] == 0
 
 
+def test_a_request_bigger_than_the_whole_budget_is_told_so_without_a_retry_after(
+    fake: FakeOpenAI, store_url: str
+) -> None:
+    """Without OPENAI_MAX_TOKENS each request reserves CHAT_RESERVE_COMPLETION_TOKENS (4096) for its answer: a
+    2000/day key can never make one, and saying "used up, retry tomorrow" would be a lie repeated every day."""
+    settings = settings_for(fake, store_url=store_url, auth="keys")
+    created = tool(settings, "create", "small", "--tokens-per-day", "2000")
+    assert any("no request can fit" in line and "4096" in line for line in created[:-1]), created
+    assert created[-1].startswith("csk_")  # the key is still alone on the last line
+    message = unique("small")
+    with AppServer(settings) as server:
+        refused = post_stream(server.url, {"message": message}, headers=bearer(key := created[-1]))
+        _, report, _ = usage(server.url, key)
+    assert refused.status == 429
+    assert "retry-after" not in refused.headers
+    error = json.loads(refused.raw)["error"]
+    assert f"could use up to {reservation_for(message, 4096)} tokens" in error
+    assert "more than your daily budget of 2000 tokens" in error
+    assert "used up" not in error
+    assert report["day"] == {**report["day"], "used": 0, "remaining": 2000}
+
+
 class Clock:
     def __init__(self, start: datetime.datetime) -> None:
         self.now = start
@@ -220,7 +242,9 @@ def test_a_budget_resets_with_its_utc_window(fake: FakeOpenAI, store_url: str) -
         refused = post_stream(server.url, {"message": message}, headers=bearer(key))
         assert refused.status == 429
         assert refused.headers["retry-after"] == "30"
-        assert "resets at 2026-04-01T00:00:00Z" in json.loads(refused.raw)["error"]
+        error = json.loads(refused.raw)["error"]
+        assert "would exceed what is left of your daily budget" in error
+        assert "resets at 2026-04-01T00:00:00Z" in error
         clock.now = datetime.datetime(2026, 4, 1, 0, 0, 1, tzinfo=datetime.UTC)
         assert post_stream(server.url, {"message": message}, headers=bearer(key)).status == 200
         _, report, _ = usage(server.url, key)
@@ -253,10 +277,15 @@ def test_the_deployment_wide_daily_cap_stops_every_caller(fake: FakeOpenAI, stor
         assert post_stream(server.url, {"message": message}, headers=bearer(first)).status == 200
         # After reconciliation the deployment has used far less than the reservation, but not enough
         # is left for the second caller's whole reservation.
-        refused = post_stream(server.url, {"message": message + " " + "x" * 400}, headers=bearer(second))
+        refused = post_stream(server.url, {"message": message}, headers=bearer(second))
         assert refused.status == 429
-        assert "the deployment's daily budget" in json.loads(refused.raw)["error"]
+        assert "would exceed what is left of the deployment's daily budget" in json.loads(refused.raw)["error"]
         assert int(refused.headers["retry-after"]) > 0
+        # A request bigger than the whole cap would wait for nothing.
+        never = post_stream(server.url, {"message": message + " " + "x" * 400}, headers=bearer(second))
+        assert never.status == 429
+        assert "more than the deployment's daily budget" in json.loads(never.raw)["error"]
+        assert "retry-after" not in never.headers
     listing = "\n".join(tool(settings, "usage"))
     assert "(deployment)" in listing
 

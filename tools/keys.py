@@ -21,6 +21,7 @@ from chat.budgets import DEPLOYMENT, iso, windows
 from chat.config import Settings
 from chat.keys import NAME_RULE, RESERVED_NAMES, key_hash, new_key, valid_name
 from chat.ledger import KeyExists, KeyRecord, Ledger, LedgerError, open_ledger
+from chat.usage import prompt_bound
 
 
 class Refused(Exception):
@@ -45,7 +46,22 @@ def _budget(value: int | None, default: int | None) -> str:
     return "none" if default is None else f"{default} (default)"
 
 
-def create(ledger: Ledger, name: str, per_day: int | None, per_month: int | None) -> list[str]:
+def _too_small(settings: Settings, per_day: int | None, per_month: int | None) -> list[str]:
+    """A warning when a budget given cannot hold even the smallest request's reservation."""
+    completion = settings.openai_max_tokens or settings.reserve_completion_tokens
+    smallest = prompt_bound([{"role": "user", "content": "x"}]) + completion
+    given = ((per_day, "day"), (per_month, "month"))
+    small = [f"{budget} tokens per {window}" for budget, window in given if budget is not None and budget < smallest]
+    if not small:
+        return []
+    return [
+        f"Warning: no request can fit a budget of {' or '.join(small)}: each reserves at least {smallest} tokens,"
+        f" {completion} of them for the answer (OPENAI_MAX_TOKENS, else CHAT_RESERVE_COMPLETION_TOKENS, as set"
+        " here: check the service's own settings)."
+    ]
+
+
+def create(ledger: Ledger, settings: Settings, name: str, per_day: int | None, per_month: int | None) -> list[str]:
     if name in RESERVED_NAMES:
         raise Refused(f"{name!r} is reserved: 'default' is the stack's generated token, 'local' the local identity.")
     key = new_key()
@@ -56,6 +72,7 @@ def create(ledger: Ledger, name: str, per_day: int | None, per_month: int | None
         raise Refused(str(error)) from None
     return [
         f"Created key {name!r} (tokens per day: {per_day or 'default'}, per month: {per_month or 'default'}).",
+        *_too_small(settings, per_day, per_month),
         "This is the only time the key is shown; the store keeps its hash alone:",
         key,
     ]
@@ -130,7 +147,7 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
         return 1, ["CHAT_STORE_URL is none: keys and usage need a store (sqlite:///<path> or dynamodb://<table>)."]
     try:
         if args.command == "create":
-            return 0, create(ledger, args.name, args.tokens_per_day, args.tokens_per_month)
+            return 0, create(ledger, settings, args.name, args.tokens_per_day, args.tokens_per_month)
         if args.command == "list":
             return 0, listing(ledger, settings)
         if args.command == "usage":

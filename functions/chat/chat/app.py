@@ -102,7 +102,7 @@ _CHAT_OPENAPI = {
                 (404, "Unknown conversation_id (or someone else's)"),
                 (409, "An answer is already in progress in this conversation"),
                 (413, "Request body too large"),
-                (429, "A token budget is used up, or the model is rate limited (Retry-After)"),
+                (429, "Over a token budget (Retry-After; none when it can never fit), or the model is rate limited"),
                 (502, "The model refused or failed"),
                 (503, "A secret could not be read, or the conversation store failed"),
                 (504, "The model did not answer in time"),
@@ -253,7 +253,8 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         try:
             return await budgets.reserve(caller.name, caller.limits, most)
         except OverBudget as refusal:
-            return error_response(429, refusal.message, {"retry-after": str(refusal.retry_after)})
+            wait = {} if refusal.retry_after is None else {"retry-after": str(refusal.retry_after)}
+            return error_response(429, refusal.message, wait)
         except LedgerUnavailable:
             return error_response(503, "Token budgets cannot be checked now; try again later.")
 

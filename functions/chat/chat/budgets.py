@@ -64,9 +64,9 @@ class Limits:
 
 
 class OverBudget(Exception):
-    """A budget refused the request: 429 with Retry-After."""
+    """A budget refused the request: 429, with Retry-After unless the request can never fit (None)."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int | None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
@@ -79,6 +79,14 @@ class Reservation:
     counted: tuple[Counter, ...]
     """The counters without one: charged what was used, at the end."""
     amount: int
+
+
+def _budget(counter: Counter, now: datetime.datetime) -> str:
+    """`your daily budget of 2000 tokens per UTC day`, or the deployment's, or monthly."""
+    window = next(window for window in windows(now) if window.key == counter.window)
+    whose = "the deployment's" if counter.caller == DEPLOYMENT else "your"
+    period = "daily" if window.name == "day" else "monthly"
+    return f"{whose} {period} budget of {counter.limit} tokens per UTC {window.name}"
 
 
 class Budgets:
@@ -108,25 +116,31 @@ class Budgets:
         """Reserve `amount` tokens on every counter with a limit, or raise OverBudget naming the one that refused.
 
         Only counters with a limit are written before the model is called (one conditional
-        update each); the others are counted when the stream ends."""
+        update each); the others are counted when the stream ends. A request bigger than a
+        whole budget is refused without a write: no wait would let it in."""
         now = self._clock()
         counters = self._counters(caller, limits, now)
         reserved = tuple(counter for counter in counters if counter.limit is not None)
         counted = tuple(counter for counter in counters if counter.limit is None)
         if not reserved:
             return Reservation(reserved, counted, 0)
+        too_small = next((counter for counter in reserved if amount > (counter.limit or 0)), None)
+        if too_small is not None:
+            message = (
+                f"This request could use up to {amount} tokens, more than {_budget(too_small, now)}: "
+                "it cannot fit even after the window resets, so retrying will not help. "
+                "Send a shorter message or history, or ask for a bigger budget."
+            )
+            raise OverBudget(message, None)
         refused = await self._ledger.reserve_async(reserved, amount)
         if refused is None:
             return Reservation(reserved, counted, amount)
-        day, month = windows(now)
-        window = day if refused.window == day.key else month
-        whose = "the deployment's" if refused.caller == DEPLOYMENT else "your"
-        period = "daily" if window.name == "day" else "monthly"
+        resets_at = next(window for window in windows(now) if window.key == refused.window).resets_at
         message = (
-            f"Token budget exceeded: {whose} {period} budget of {refused.limit} tokens per UTC {window.name} "
-            f"is used up; it resets at {iso(window.resets_at)}."
+            f"Token budget exceeded: this request could use up to {amount} tokens, which would exceed what is "
+            f"left of {_budget(refused, now)}; it resets at {iso(resets_at)}."
         )
-        raise OverBudget(message, max(1, math.ceil((window.resets_at - now).total_seconds())))
+        raise OverBudget(message, max(1, math.ceil((resets_at - now).total_seconds())))
 
     async def settle(self, reservation: Reservation, used: int) -> None:
         """Reconcile the counters to the tokens the request really used."""

@@ -326,8 +326,9 @@ function refusalText(status, said, retryAfter) {
   if (status === 413) return `Your message is too long for the service${detail}. Shorten it and send it again.`;
   if (status === 429) {
     const wait = Number.parseInt(retryAfter || "", 10);
-    const when = Number.isFinite(wait) ? `in ${wait} s` : "in a moment";
-    return `Too many requests right now: try again ${when}${detail}.`;
+    if (Number.isFinite(wait)) return `Too many requests right now: try again in ${wait} s${detail}.`;
+    // No Retry-After: the service's reason says whether waiting helps (a request bigger than a budget never fits).
+    return said || "Too many requests right now: try again in a moment.";
   }
   if (status >= 500) return `The service had a problem (HTTP ${status})${detail}. Try again.`;
   return `The request was refused (HTTP ${status})${detail}.`;

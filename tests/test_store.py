@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from chat import conversation
@@ -321,6 +322,74 @@ def test_concurrent_turns_on_one_conversation_let_exactly_one_through(store: Sto
     results = run(race())
     assert sum(result is None for result in results) == 1, results
     assert all(isinstance(result, StoreBusy) for result in results if result is not None)
+
+
+def cancelled(*codes: str) -> ClientError:
+    """DynamoDB's TransactionCanceledException with these per-item reasons (moto never cancels for
+    contention or throttling: AWS itself cannot run here, so the tests below inject it)."""
+    response: Any = {
+        "Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+        "CancellationReasons": [{"Code": code} for code in codes],
+    }
+    return ClientError(response, "TransactWriteItems")
+
+
+def cancel_calls(store: Store, monkeypatch: pytest.MonkeyPatch, failing: dict[int, ClientError]) -> list[int]:
+    """Make the store's TransactWriteItems calls numbered in `failing` (from 1) raise instead; returns the count."""
+    client: Any = store.client()  # type: ignore[attr-defined]
+    real = client.transact_write_items
+    calls = [0]
+
+    def transact(**request: Any) -> Any:
+        calls[0] += 1
+        if calls[0] in failing:
+            raise failing[calls[0]]
+        return real(**request)
+
+    monkeypatch.setattr(client, "transact_write_items", transact)
+    return calls
+
+
+@pytest.mark.parametrize("store_url", ["dynamodb"], indirect=True)
+@pytest.mark.parametrize("code", ["TransactionConflict", "ThrottlingError"])
+@pytest.mark.parametrize("lock_lost", [False, True])
+def test_an_answer_is_stored_through_a_transaction_cancelled_by_contention(
+    store: Store, monkeypatch: pytest.MonkeyPatch, code: str, lock_lost: bool
+) -> None:
+    """A second tab's begin_turn on the same LOCK/META cancels the finishing transaction (TransactionConflict), as
+    can throttling; botocore retries neither, so the store does, on its main path and on its lock-lost path."""
+    conversation_id = new_id()
+    turn = start(conversation_id, 0, "q", new=True, lock_seconds=60)
+    run(store.begin_turn(turn))
+    later = NOW + 2
+    if lock_lost:  # the lock expired and another turn took it: the answer is stored without releasing it
+        later = NOW + 100
+        run(store.begin_turn(start(conversation_id, 1, "meanwhile", now=later - 1)))
+    # Call 1 is the finishing transaction; with the lock lost, call 2 fails on its condition and 3 is the fallback.
+    failing = {1: cancelled("None", code, "None")}
+    if lock_lost:
+        failing = {1: cancelled(code, "None", "None"), 3: cancelled("None", code)}
+    calls = cancel_calls(store, monkeypatch, failing)
+    run(store.finish_turn(end(turn, "the whole answer", now=later)))
+    assert calls[0] == (4 if lock_lost else 2)
+    loaded = run(store.load(ALICE, conversation_id, later + 1))
+    assert loaded is not None
+    assert [(m.role, m.content) for m in loaded.messages][:2] == [("user", "q"), ("assistant", "the whole answer")]
+    if not lock_lost:  # the lock was released: the next message is taken at once
+        run(store.begin_turn(start(conversation_id, 1, "next", now=later + 1)))
+
+
+@pytest.mark.parametrize("store_url", ["dynamodb"], indirect=True)
+@pytest.mark.parametrize("code", ["TransactionConflict", "ThrottlingError"])
+def test_a_turn_cancelled_by_contention_is_unavailable_not_busy(
+    store: Store, monkeypatch: pytest.MonkeyPatch, code: str
+) -> None:
+    """Contention or throttling (injected, see `cancelled`) is a transient 503, not the 409 of an answer in progress."""
+    conversation_id = converse(store, ("q", "a"))
+    cancel_calls(store, monkeypatch, {1: cancelled("None", "None", code)})
+    with pytest.raises(StoreUnavailable):
+        run(store.begin_turn(start(conversation_id, 1, "next", now=NOW + 100)))
+    run(store.begin_turn(start(conversation_id, 1, "next", now=NOW + 101)))
 
 
 def test_a_store_that_cannot_open_says_unavailable(tmp_path: Path) -> None:

@@ -62,6 +62,10 @@ from .base import (
 INDEX = "gsi1"
 PART_BYTES = 350_000
 ITEM_EXPIRY_SLACK = 86400
+# Why DynamoDB cancels a transaction that may pass if sent again: another transaction on the same item,
+# or throttling. botocore retries neither; `_transact` does, this many times.
+TRANSIENT = frozenset({"TransactionConflict", "ThrottlingError"})
+TRANSACT_ATTEMPTS = 4
 _NAMES = {"#t": "turn_id", "#e": "expires_at", "#s": "stop_requested", "#u": "updated_at", "#g": "gsi1sk"}
 
 
@@ -158,6 +162,24 @@ class DynamoDBStore(Store):
     def _is(self, error: Exception, code: str) -> bool:
         response: dict[str, Any] = getattr(error, "response", {})
         return bool(response.get("Error", {}).get("Code") == code)
+
+    def _transact(self, items: list[dict[str, Any]], token: str | None = None) -> None:
+        """TransactWriteItems, sent again after a short backoff while it is cancelled only for TRANSIENT reasons.
+
+        Each attempt has its own token (boto3's retries of one attempt stay idempotent); the writes
+        themselves are idempotent, so a repeated attempt changes nothing more."""
+        for attempt in range(TRANSACT_ATTEMPTS):
+            request: dict[str, Any] = {"TransactItems": items}
+            if token is not None:
+                request["ClientRequestToken"] = f"{token}{attempt}"
+            try:
+                self.client().transact_write_items(**request)
+                return
+            except Exception as error:
+                codes = set(self._cancellation_codes(error)) - {"None"}
+                if attempt == TRANSACT_ATTEMPTS - 1 or not codes or not codes <= TRANSIENT:
+                    raise
+                time.sleep(0.05 * 2**attempt)
 
     def _items(self, pk: str, *, keys_only: bool = False) -> Iterator[dict[str, Any]]:
         request: dict[str, Any] = {
@@ -330,7 +352,11 @@ class DynamoDBStore(Store):
         except Exception as error:
             if not self._is(error, "TransactionCanceledException"):
                 raise
-            lock_code, message_code, meta_code = (self._cancellation_codes(error) + ["None"] * 3)[:3]
+            codes = self._cancellation_codes(error)
+            if "ConditionalCheckFailed" not in codes:  # contention or throttling: transient, not a turn in progress
+                reason = next((code for code in codes if code != "None"), "TransactionCanceled")
+                raise StoreUnavailable(f"The conversation store failed ({reason}); try again.") from None
+            lock_code, message_code, meta_code = (codes + ["None"] * 3)[:3]
             if start.title is None and meta_code == "ConditionalCheckFailed":
                 raise ConversationNotFound("Conversation not found.") from None
             if message_code == "ConditionalCheckFailed" and lock_code != "ConditionalCheckFailed":
@@ -382,7 +408,7 @@ class DynamoDBStore(Store):
         }
         meta = {"Update": self._meta_update(pk, stamp, end.conversation_id, end.expires_at, end.now)}
         try:
-            client.transact_write_items(TransactItems=[answer, release, meta], ClientRequestToken=f"{end.turn_id}-e")
+            self._transact([answer, release, meta], f"{end.turn_id}-e")
         except Exception as error:
             if not self._is(error, "TransactionCanceledException"):
                 raise
@@ -392,7 +418,7 @@ class DynamoDBStore(Store):
             if codes[1:2] != ["ConditionalCheckFailed"]:
                 raise
             # The lock is no longer ours (it expired and was taken, or was released): store the answer anyway.
-            client.transact_write_items(TransactItems=[answer, meta])
+            self._transact([answer, meta])
         if end.refresh_expiry:
             self._refresh_expiry(pk, end.expires_at + ITEM_EXPIRY_SLACK)
 

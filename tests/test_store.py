@@ -324,6 +324,17 @@ def test_concurrent_turns_on_one_conversation_let_exactly_one_through(store: Sto
     assert all(isinstance(result, StoreBusy) for result in results if result is not None)
 
 
+@pytest.mark.parametrize("store_url", ["dynamodb"], indirect=True)
+def test_deleting_during_a_long_answer_leaves_none_of_it_stored(store: Store) -> None:
+    """An answer over 350 kB is written in parts before the transaction that finds the conversation gone."""
+    conversation_id = new_id()
+    turn = start(conversation_id, 0, "write a lot", new=True)
+    run(store.begin_turn(turn))
+    assert run(store.delete(ALICE, conversation_id, NOW + 1)) is True
+    run(store.finish_turn(end(turn, "x" * 1_000_000)))
+    assert dynamodb.client().scan(TableName="chat")["Items"] == []
+
+
 def cancelled(*codes: str) -> ClientError:
     """DynamoDB's TransactionCanceledException with these per-item reasons (moto never cancels for
     contention or throttling: AWS itself cannot run here, so the tests below inject it)."""

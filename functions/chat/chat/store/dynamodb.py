@@ -408,17 +408,21 @@ class DynamoDBStore(Store):
         }
         meta = {"Update": self._meta_update(pk, stamp, end.conversation_id, end.expires_at, end.now)}
         try:
-            self._transact([answer, release, meta], f"{end.turn_id}-e")
+            try:
+                self._transact([answer, release, meta], f"{end.turn_id}-e")
+            except Exception as error:
+                codes = self._cancellation_codes(error)
+                if codes[1:2] != ["ConditionalCheckFailed"] or codes[2:3] == ["ConditionalCheckFailed"]:
+                    raise
+                # The lock is no longer ours (it expired and was taken, or was released): store the answer anyway.
+                self._transact([answer, meta])
         except Exception as error:
-            if not self._is(error, "TransactionCanceledException"):
+            if self._cancellation_codes(error)[-1:] != ["ConditionalCheckFailed"]:
                 raise
-            codes = self._cancellation_codes(error)
-            if codes[2:3] == ["ConditionalCheckFailed"]:
-                return  # deleted (or expired) meanwhile: it stays gone
-            if codes[1:2] != ["ConditionalCheckFailed"]:
-                raise
-            # The lock is no longer ours (it expired and was taken, or was released): store the answer anyway.
-            self._transact([answer, meta])
+            # META's check failed: deleted (or expired) meanwhile, it stays gone, with the parts written above.
+            for number in range(1, len(parts)):
+                client.delete_item(TableName=self.table, Key={"pk": _s(pk), "sk": _s(turn_sk(end.seq, number))})
+            return
         if end.refresh_expiry:
             self._refresh_expiry(pk, end.expires_at + ITEM_EXPIRY_SLACK)
 

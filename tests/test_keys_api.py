@@ -286,8 +286,43 @@ def test_the_deployment_wide_daily_cap_stops_every_caller(fake: FakeOpenAI, stor
         assert never.status == 429
         assert "more than the deployment's daily budget" in json.loads(never.raw)["error"]
         assert "retry-after" not in never.headers
-    listing = "\n".join(tool(settings, "usage"))
-    assert "(deployment)" in listing
+
+
+def test_the_tools_usage_has_a_deployment_row_only_with_a_cap(fake: FakeOpenAI, store_url: str) -> None:
+    """The deployment's counter is written only when a cap is configured: without one a row would show 0."""
+    message = fake.script(unique("row"), deltas("ok"))
+    settings = settings_for(fake, store_url=store_url, auth="keys")
+    key = create_key(settings, "lena")
+    with AppServer(settings) as server:
+        assert post_stream(server.url, {"message": message}, headers=bearer(key)).status == 200
+    assert not [line for line in tool(settings, "usage") if line.startswith("(deployment)")]
+    capped = settings_for(fake, store_url=store_url, auth="keys", deployment_tokens_per_day=100_000)
+    with AppServer(capped) as server:
+        assert post_stream(server.url, {"message": message}, headers=bearer(key)).status == 200
+    (row,) = [line for line in tool(capped, "usage") if line.startswith("(deployment)")]
+    assert row.split()[1] == f"{fake.requests_for(message)[0].prompt_tokens + 1}/100000"  # the capped day only
+
+
+def test_the_stacks_token_is_the_key_named_default_in_the_tools_usage(
+    fake: FakeOpenAI, aws: Any, tmp_path: Path
+) -> None:
+    """The stack's generated token (in Secrets Manager: moto, AWS itself cannot run here) is the key `default`."""
+    token = "stack-token-" + "t" * 32
+    arn = aws.create_secret(Name="chat/stack-token", SecretString=token)["ARN"]
+    settings = settings_for(
+        fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", auth="keys", auth_token_secret_id=arn
+    )
+    assert [line.split()[0] for line in tool(settings, "usage")[1:-1]] == []  # unused: no row
+    message = fake.script(unique("default"), deltas("ok"))
+    with AppServer(settings) as server:
+        assert post_stream(server.url, {"message": message}, headers=bearer(token)).status == 200
+    used = fake.requests_for(message)[0].prompt_tokens + 1
+    assert tool(settings, "usage", "default")[1].split() == ["default", f"{used}/-", f"{used}/-"]
+    assert [line.split()[0] for line in tool(settings, "usage")[1:-1]] == ["default"]
+    for verb in ("disable", "enable", "delete"):
+        status, output = keys_tool.run([verb, "default"], settings)
+        assert status == 1
+        assert "rotate" in output[0], output
 
 
 def test_local_callers_get_the_default_budgets(fake: FakeOpenAI, store_url: str) -> None:

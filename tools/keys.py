@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "functions" / "chat"))
 
 from chat.budgets import DEPLOYMENT, iso, windows
+from chat.caller import TOKEN_IDENTITY
 from chat.config import Settings
 from chat.keys import NAME_RULE, RESERVED_NAMES, key_hash, new_key, valid_name
 from chat.ledger import KeyExists, KeyRecord, Ledger, LedgerError, open_ledger
@@ -94,18 +95,22 @@ def listing(ledger: Ledger, settings: Settings) -> list[str]:
 
 
 def usage(ledger: Ledger, settings: Settings, name: str | None) -> list[str]:
+    """Every key's usage (or one's), the stack's token as the key `default` once it has used any this month,
+    and the deployment's day when a cap is configured here or by the service (its counter is written only then)."""
     day, month = windows(datetime.datetime.now(datetime.UTC))
-    records = {record.name: record for record in ledger.all_keys()}
-    if name is not None and name not in records:
+    limits = {record.name: (record.tokens_per_day, record.tokens_per_month) for record in ledger.all_keys()}
+    if name == TOKEN_IDENTITY or (name is None and ledger.used(TOKEN_IDENTITY, [month.key])[month.key]):
+        limits[TOKEN_IDENTITY] = (None, None)  # the default budgets
+    if name is not None and name not in limits:
         raise Refused(f"No key named {name!r}.")
     rows = [("NAME", f"DAY {day.key[4:]} USED/LIMIT", f"MONTH {month.key[6:]} USED/LIMIT")]
-    for record in [records[name]] if name is not None else records.values():
-        used = ledger.used(record.name, [day.key, month.key])
-        per_day = record.tokens_per_day or settings.budget_tokens_per_day
-        per_month = record.tokens_per_month or settings.budget_tokens_per_month
-        rows.append((record.name, f"{used[day.key]}/{per_day or '-'}", f"{used[month.key]}/{per_month or '-'}"))
-    if name is None:
-        total = ledger.used(DEPLOYMENT, [day.key])[day.key]
+    for caller in [name] if name is not None else sorted(limits):
+        used = ledger.used(caller, [day.key, month.key])
+        per_day = limits[caller][0] or settings.budget_tokens_per_day
+        per_month = limits[caller][1] or settings.budget_tokens_per_month
+        rows.append((caller, f"{used[day.key]}/{per_day or '-'}", f"{used[month.key]}/{per_month or '-'}"))
+    total = ledger.used(DEPLOYMENT, [day.key])[day.key] if name is None else 0
+    if total or (name is None and settings.deployment_tokens_per_day is not None):
         rows.append(("(deployment)", f"{total}/{settings.deployment_tokens_per_day or '-'}", ""))
     resets = f"Windows are UTC; the day resets at {iso(day.resets_at)}, the month at {iso(month.resets_at)}."
     return [*_table(rows), resets]
@@ -152,6 +157,11 @@ def run(argv: Sequence[str] | None = None, settings: Settings | None = None) -> 
             return 0, listing(ledger, settings)
         if args.command == "usage":
             return 0, usage(ledger, settings, args.name)
+        if args.name == TOKEN_IDENTITY:
+            raise Refused(
+                f"'{TOKEN_IDENTITY}' is the stack's generated token, checked against its secret: rotate the secret"
+                " (to a value nobody has, to retire it) instead."
+            )
         if args.command == "delete":
             found = ledger.delete_key(args.name)
         else:

@@ -31,6 +31,7 @@ from chat.store.base import (
     TurnStart,
     new_id,
 )
+from chat.store.sqlite import PURGE_INTERVAL_SECONDS
 from tests.harness import dynamodb
 
 T = TypeVar("T")
@@ -483,3 +484,48 @@ def test_sqlite_purges_expired_conversations_on_a_later_write(tmp_path: Path) ->
         for table, column in (("conversations", "id"), ("messages", "conversation_id"), ("locks", "conversation_id")):
             assert db.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?", (old,)).fetchone() == (0,)  # noqa: S608
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (2,)
+
+
+def fail_deletes_from(path: Path, table: str) -> None:
+    """From now on a DELETE of a row of `table` fails inside SQLite (a trigger injects the failure a full
+    disk or an I/O error would cause at that statement)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TRIGGER fail_{table} BEFORE DELETE ON {table} BEGIN SELECT RAISE(ABORT, 'injected'); END")
+
+
+def test_sqlite_a_failed_purge_leaves_the_file_writable(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "chat.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    assert store is not None
+    converse(store, ("old", "news"))
+    fail_deletes_from(path, "messages")
+    later = NOW + 31 * DAY + PURGE_INTERVAL_SECONDS
+    with pytest.raises(StoreUnavailable):
+        converse(store, ("purges", "first"), now=later)
+    other = sqlite3.connect(path, timeout=0.5)
+    other.execute("BEGIN IMMEDIATE")  # another process can write: the failed transaction was rolled back
+    other.execute("ROLLBACK")
+    other.close()
+    fresh = converse(store, ("written", "anyway"), now=later + 10)
+    loaded = run(store.load(ALICE, fresh, later + 100))
+    assert loaded is not None
+    assert [m.content for m in loaded.messages] == ["written", "anyway"]
+    store.close()
+
+
+def test_sqlite_a_delete_that_fails_midway_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    store = open_store(f"sqlite:///{path}")
+    assert store is not None
+    conversation_id = converse(store, ("keep", "me"))
+    fail_deletes_from(path, "conversations")  # the last of its statements: the turns were deleted before it
+    with pytest.raises(StoreUnavailable):
+        run(store.delete(ALICE, conversation_id, NOW + 100))
+    loaded = run(store.load(ALICE, conversation_id, NOW + 101))
+    assert loaded is not None
+    assert [m.content for m in loaded.messages] == ["keep", "me"]
+    store.close()

@@ -101,17 +101,22 @@ class SQLiteStore(Store):
         self._file.close()
 
     def _write(self, now: float) -> sqlite3.Connection:
-        """Begin a write transaction (purging expired conversations first, hourly)."""
+        """Begin a write transaction (purging expired conversations first, hourly); the caller commits it
+        on success and rolls it back on any error, so a failure never leaves the file locked or half changed."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         if now - self._last_purge >= PURGE_INTERVAL_SECONDS:
             self._last_purge = now
             expired = "SELECT owner, id FROM conversations WHERE expires_at <= ?"
-            db.execute(f"DELETE FROM messages WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
-            db.execute(f"DELETE FROM locks WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
-            db.execute("DELETE FROM answer_events WHERE expires_at <= ?", (now,))
-            db.execute("DELETE FROM followers WHERE expires_at <= ?", (now,))
-            db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
+            try:
+                db.execute(f"DELETE FROM messages WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
+                db.execute(f"DELETE FROM locks WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
+                db.execute("DELETE FROM answer_events WHERE expires_at <= ?", (now,))
+                db.execute("DELETE FROM followers WHERE expires_at <= ?", (now,))
+                db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         return db
 
     def _summary(
@@ -246,15 +251,18 @@ class SQLiteStore(Store):
         owner = owner_key(owner)
         db = self._write(now)
         try:
-            if self._summary(db, owner, conversation_id, now) is None:
-                return "missing"
-            flagged = db.execute(
-                "UPDATE locks SET stop = 1 WHERE owner = ? AND conversation_id = ? AND expires_at > ?",
-                (owner, conversation_id, now),
-            )
-            return "stopping" if flagged.rowcount else "idle"
-        finally:
+            result: StopResult = "missing"
+            if self._summary(db, owner, conversation_id, now) is not None:
+                flagged = db.execute(
+                    "UPDATE locks SET stop = 1 WHERE owner = ? AND conversation_id = ? AND expires_at > ?",
+                    (owner, conversation_id, now),
+                )
+                result = "stopping" if flagged.rowcount else "idle"
             db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
 
     def _stop_requested(self, owner: str, conversation_id: str, turn_id: str) -> bool:
         row = (
@@ -281,9 +289,11 @@ class SQLiteStore(Store):
                     ("conversations", "id"),
                 ):
                     db.execute(f"DELETE FROM {table} WHERE owner = ? AND {column} = ?", (owner, conversation_id))  # noqa: S608
-            return found
-        finally:
             db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return found
 
     def _write_events(self, batch: EventBatch) -> None:
         self._db().execute(
@@ -347,9 +357,11 @@ class SQLiteStore(Store):
                 db.execute(
                     "INSERT OR REPLACE INTO followers VALUES (?, ?, ?, ?, ?)", (key, conversation_id, seq, free, until)
                 )
-            return free
-        finally:
             db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return free
 
     def _release_follower_slot(self, owner: str, conversation_id: str, seq: int, slot: int) -> None:
         self._db().execute(

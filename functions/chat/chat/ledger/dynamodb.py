@@ -12,6 +12,8 @@ day) simply serialise instead of failing the way concurrent transactions on one 
 do, and each counter costs one write. The price: between a charge and its refund, a
 concurrent request may be refused although it would have fitted (never admitted
 wrongly). Creating, disabling and deleting a key touch two items in one transaction.
+Counter writes are additions, not idempotent: the SDK's retry after a lost response
+applies one twice (a reservation over-charges; a reconciliation's refund under-charges).
 """
 
 from __future__ import annotations

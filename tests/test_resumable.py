@@ -97,6 +97,9 @@ def deployment(fake: FakeOpenAI, store_url: str) -> Iterator[Deployment]:
     yield from _deploy(fake, store_url)
 
 
+deployed = contextlib.contextmanager(_deploy)  # for a test that needs its own settings
+
+
 def paced(words: list[str], pause: float = 0.03) -> list[Step]:
     steps: list[Step] = []
     for word in words:
@@ -288,3 +291,26 @@ def test_openapi_documents_resuming(sqlite_deployment: Deployment) -> None:
     assert {parameter["name"] for parameter in route["parameters"]} >= {"Last-Event-ID", "last_event_id"}
     body = schema["paths"]["/api/chat/stream"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "resumable" in body["properties"]
+
+
+@pytest.mark.parametrize("where", ["same instance", "another instance"])
+def test_a_follower_of_a_silent_answer_sends_keep_alives_at_the_heartbeat_rate(
+    fake: FakeOpenAI, store_url: str, where: str
+) -> None:
+    heartbeat, watched = 0.3, 2.0
+    with deployed(fake, store_url, heartbeat_seconds=heartbeat) as deployment:
+        key = fake.script(unique("endless"), [Delta("held"), Stall()])
+        conversation_id, _ = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+        instance = deployment.first if where == "same instance" else deployment.second
+        client, response = instance.open("GET", f"/api/conversations/{conversation_id}/stream")
+        seen = b""
+        with contextlib.closing(client):
+            until = time.monotonic() + watched
+            for chunk in response.iter_raw():
+                seen += chunk
+                if time.monotonic() > until:
+                    break
+            response.close()
+        deployment.first.call("POST", f"/api/conversations/{conversation_id}/stop")
+        assert kinds(parse(seen))[:1] == [("message", "held")]
+        assert 1 <= seen.count(b": keep-alive") <= watched / heartbeat + 2

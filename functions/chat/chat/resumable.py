@@ -362,9 +362,11 @@ class FollowStream(Response):
         last_out = loop.time()
 
         async def heartbeat() -> None:
+            nonlocal last_out
             while True:
                 await asyncio.sleep(max(0.0, last_out + settings.heartbeat_seconds - loop.time()))
                 if loop.time() >= last_out + settings.heartbeat_seconds:
+                    last_out = loop.time()  # the keep-alive is output too: the next one is a heartbeat later
                     await send({"type": "http.response.body", "body": sse.HEARTBEAT, "more_body": True})
 
         beats = asyncio.ensure_future(heartbeat())

@@ -8,6 +8,7 @@ producer's memory, so its followers read the store, as on another Lambda instanc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from chat.app import create_app
 from chat.conversation import STOPPED
+from chat.store.base import AnswerEvents, EventBatch, Store, StoreUnavailable
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, Step
 from tests.harness.support import AppServer, settings_for, unique
 from tests.test_conversations import ALICE, BOB, PRINCIPAL_HEADER, AsCaller
@@ -314,3 +316,37 @@ def test_a_follower_of_a_silent_answer_sends_keep_alives_at_the_heartbeat_rate(
         deployment.first.call("POST", f"/api/conversations/{conversation_id}/stop")
         assert kinds(parse(seen))[:1] == [("message", "held")]
         assert 1 <= seen.count(b": keep-alive") <= watched / heartbeat + 2
+
+
+def test_a_batch_stored_but_reported_failed_loses_nothing_for_another_instance(
+    fake: FakeOpenAI, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected failure: the answer's first batch is stored, then the store reports an error (as a DynamoDB
+    timeout after the write committed would), once a follower on another instance has read that batch."""
+    write, read = Store.write_events, Store.read_events
+    reads = {"since the failure": -1}
+
+    async def stored_then_failed(self: Store, batch: EventBatch) -> None:
+        await write(self, batch)
+        if batch.events and batch.first == 0 and reads["since the failure"] < 0:
+            reads["since the failure"] = 0
+            until = time.monotonic() + 5
+            while reads["since the failure"] < 1 and time.monotonic() < until:
+                await asyncio.sleep(0.01)
+            raise StoreUnavailable("simulated: the batch was stored, but the store reported a failure")
+
+    async def counted(self: Store, *args: Any, **kwargs: Any) -> AnswerEvents | None:
+        after = reads["since the failure"] >= 0
+        found = await read(self, *args, **kwargs)
+        reads["since the failure"] += after
+        return found
+
+    monkeypatch.setattr(Store, "write_events", stored_then_failed)
+    monkeypatch.setattr(Store, "read_events", counted)
+    words = [f" w{i}" for i in range(15)]
+    with deployed(fake, store_url, first_token_timeout=2.0, idle_timeout=2.0) as deployment:
+        key = fake.script(unique(), paced(words, 0.1))
+        conversation_id, before = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+        rest = parse(deployment.second.resume(conversation_id, before[-1][0]).content)
+        assert reads["since the failure"] >= 1, "the injected failure did not happen"
+        assert kinds(before) + kinds(rest) == [*[("message", word) for word in words], ("message", "[DONE]")]

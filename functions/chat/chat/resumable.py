@@ -163,31 +163,36 @@ class Journal:
         return True
 
     async def _write_loop(self) -> None:
-        """One writer, in order: a batch goes out when it is due (time) or full (size), or at the end."""
+        """One writer, in order: a batch goes out when it is due (time) or full (size), or at the end.
+
+        A failed batch is retried as it was, never with more events: it may have been stored after all,
+        and a follower that read it goes on from its end, so a longer replacement would hide the extra."""
         await self._write(0, [], False)
         failures = 0
+        retry: list[Event] = []
         while True:
-            await self.pending.wait()
-            if not self.closing:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.resume_batch_seconds):
-                        await self.full.wait()
-            first, events = self.written, self.queued
-            self.queued, self.queued_bytes = [], 0
-            self.pending.clear()
-            self.full.clear()
-            if not events:
-                continue
+            if retry:
+                events, retry = retry, []
+            else:
+                await self.pending.wait()
+                if not self.closing:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.settings.resume_batch_seconds):
+                            await self.full.wait()
+                events = self.queued
+                self.queued, self.queued_bytes = [], 0
+                self.pending.clear()
+                self.full.clear()
+                if not events:
+                    continue
             ended = self.closing and events[-1][0] != MESSAGE
-            if await self._write(first, events, ended):
+            if await self._write(self.written, events, ended):
                 self.written += len(events)
                 failures = 0
                 if ended:
                     return
-            else:  # keep them: the next batch starts where the stored ones end, so no follower sees a gap
-                self.queued = events + self.queued
-                self.queued_bytes += sum(len(data) for _, data in events)
-                self.pending.set()
+            else:
+                retry = events
                 failures += 1
                 if self.closing and failures >= FINAL_WRITE_ATTEMPTS:
                     return

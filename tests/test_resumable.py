@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.app import create_app
-from chat.conversation import STOPPED
+from chat.conversation import STOPPED, ConversationTurn
+from chat.resumable import ERROR, MESSAGE, VANISHED, LiveAnswer, _from_memory
 from chat.store.base import AnswerEvents, EventBatch, Store, StoreUnavailable
 from tests.harness.fake_openai import Delta, Done, FakeOpenAI, Reset, Sleep, Stall, Step
 from tests.harness.support import AppServer, settings_for, unique
@@ -350,3 +351,34 @@ def test_a_batch_stored_but_reported_failed_loses_nothing_for_another_instance(
         rest = parse(deployment.second.resume(conversation_id, before[-1][0]).content)
         assert reads["since the failure"] >= 1, "the injected failure did not happen"
         assert kinds(before) + kinds(rest) == [*[("message", word) for word in words], ("message", "[DONE]")]
+
+
+def test_followers_end_when_the_producer_fails_before_its_end(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected failure: storing the finished answer raises something unexpected, so the producer's
+    normal ending never runs. Followers on either instance, and one arriving later, still end."""
+
+    async def broken(*_: object, **__: object) -> bool:
+        raise RuntimeError("simulated: the producer failed while storing its answer")
+
+    monkeypatch.setattr(ConversationTurn, "finish", broken)
+    key = deployment.fake.script(unique(), paced(["a", "b", "c"], 0.3))
+    conversation_id, before = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+    path, last = f"/api/conversations/{conversation_id}/stream", {"last-event-id": str(before[-1][0])}
+    # Well within the store follower's silence limit (RESUME's idle timeout): the end must be the producer's.
+    for instance in (deployment.first, deployment.second, deployment.first):  # the last: after the producer died
+        rest = parse(instance.call("GET", path, headers=last, timeout=10).content)
+        assert kinds(rest) == [("message", "b"), ("message", "c"), ("error", VANISHED)]
+
+
+def test_a_follower_in_the_producers_process_gives_up_on_a_silent_answer() -> None:
+    """An answer in memory that nobody adds to (its producer vanished without ending it) ends its
+    followers with an error after the silence limit, as the store's followers do."""
+    live = LiveAnswer(1, [(MESSAGE, "a")])
+
+    async def follow() -> list[tuple[int, tuple[str, str]]]:
+        async with asyncio.timeout(10):
+            return [item async for item in _from_memory(live, 0, 0.2)]
+
+    assert asyncio.run(follow()) == [(0, (MESSAGE, "a")), (-1, (ERROR, VANISHED))]

@@ -250,6 +250,8 @@ class ChatStream(Response):
             if stop is not None:
                 stop.cancel()
             await _discard(opening)
+            if self.journal is not None:
+                await self.journal.abandon()
 
     async def _send_json(
         self, send: Send, status: int, message: str, extra: Sequence[tuple[bytes, bytes]] = ()

@@ -138,6 +138,11 @@ class Journal:
                 del self.answers.live[self.key]
         return frame(self.seq, index, ending)
 
+    async def abandon(self) -> None:
+        """If the producer failed before its end, end the answer with an error: its followers would wait forever."""
+        if self.writer is not None and not self.closing:
+            await self.end(ERROR, VANISHED)
+
     def _queue(self, events: list[Event]) -> None:
         self.queued.extend(events)
         self.queued_bytes += sum(len(data) for _, data in events)
@@ -259,8 +264,15 @@ def _after(since: int, count: int, ended: bool) -> bool:
     return not (ended and since == count)
 
 
-async def _from_memory(live: LiveAnswer, since: int) -> AsyncGenerator[tuple[int, Event], None]:
-    index = since
+def silence_limit(settings: Settings) -> float:
+    """How long a follower waits for the next event before calling the producer gone: longer than
+    the producer's own limits on silence, plus a batch's time to reach the store."""
+    return max(settings.first_token_timeout, settings.idle_timeout) + 2 * settings.resume_batch_seconds + 5
+
+
+async def _from_memory(live: LiveAnswer, since: int, limit: float) -> AsyncGenerator[tuple[int, Event], None]:
+    loop = asyncio.get_running_loop()
+    index, progress = since, loop.time()
     while True:
         changed = live.changed
         while index < len(live.events):
@@ -269,7 +281,13 @@ async def _from_memory(live: LiveAnswer, since: int) -> AsyncGenerator[tuple[int
             if event[0] != MESSAGE:
                 return
             index += 1
-        await changed.wait()
+            progress = loop.time()
+        try:
+            async with asyncio.timeout_at(progress + limit):
+                await changed.wait()
+        except TimeoutError:
+            yield -1, (ERROR, VANISHED)
+            return
 
 
 async def _from_store(
@@ -278,7 +296,7 @@ async def _from_store(
     """Replay the stored batches, then poll for more at CHAT_RESUME_POLL_SECONDS until the end."""
     settings = answers.settings
     loop = asyncio.get_running_loop()
-    silence_limit = max(settings.first_token_timeout, settings.idle_timeout) + 2 * settings.resume_batch_seconds + 5
+    limit = silence_limit(settings)
     index, batches, progress = follow.since, follow.batches, loop.time()
     floor = 0  # batches are contiguous: the one holding `index` starts at or after the end of those seen
     while True:
@@ -293,7 +311,7 @@ async def _from_store(
                 index += 1
                 progress = loop.time()
         floor = min(floor, index)
-        if loop.time() - progress > silence_limit:
+        if loop.time() - progress > limit:
             yield -1, (ERROR, VANISHED)
             return
         await asyncio.sleep(settings.resume_poll_seconds)
@@ -361,7 +379,7 @@ class FollowStream(Response):
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         deadline = None if remaining is None else loop.time() + remaining() / 1000 - settings.deadline_margin_seconds
         if self.follow.live is not None:
-            events = _from_memory(self.follow.live, self.follow.since)
+            events = _from_memory(self.follow.live, self.follow.since, silence_limit(settings))
         else:
             events = _from_store(self.answers, self.owner, self.conversation_id, self.follow)
         last_out = loop.time()

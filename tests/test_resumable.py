@@ -382,3 +382,31 @@ def test_a_follower_in_the_producers_process_gives_up_on_a_silent_answer() -> No
             return [item async for item in _from_memory(live, 0, 0.2)]
 
     assert asyncio.run(follow()) == [(0, (MESSAGE, "a")), (-1, (ERROR, VANISHED))]
+
+
+def test_a_follower_that_fails_gives_its_slot_back(
+    fake: FakeOpenAI, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Injected failure: a follower reading the store hits an unexpected error (a bug, not a store failure)."""
+    read = Store.read_events
+    failed = threading.Event()
+
+    async def broken_poll(self: Store, *args: Any, check: bool, **kwargs: Any) -> AnswerEvents | None:
+        if not check:  # the follower's polls; finding the answer still works
+            failed.set()
+            raise RuntimeError("simulated: a follower's read failed unexpectedly")
+        return await read(self, *args, check=check, **kwargs)
+
+    monkeypatch.setattr(Store, "read_events", broken_poll)
+    with deployed(fake, store_url, resume_max_followers=1) as deployment:
+        key = fake.script(unique("endless"), [Delta("held"), Stall()])
+        conversation_id, _ = deployment.first.ask_and_cut({"message": key, "store": True, "resumable": True}, 1)
+        try:
+            with pytest.raises(httpx.RemoteProtocolError):  # the failed follower's stream breaks off
+                deployment.second.resume(conversation_id)
+            assert failed.is_set()
+            follower = deployment.first.open("GET", f"/api/conversations/{conversation_id}/stream")
+            with contextlib.closing(follower[0]):
+                assert follower[1].status_code == 200  # the only slot is free again
+        finally:
+            deployment.first.call("POST", f"/api/conversations/{conversation_id}/stop")

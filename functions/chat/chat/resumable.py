@@ -361,14 +361,17 @@ class FollowStream(Response):
         finally:
             for task in (relay, listener):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
             try:
-                await self.answers.store.release_follower_slot(
-                    self.owner, self.conversation_id, self.follow.seq, self.slot
-                )
-            except StoreError:
-                logger.warning("a follower slot could not be released", conversation_id=self.conversation_id)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+            finally:  # even when the relay failed: a kept slot would refuse followers until its lease ends
+                await self._release()
+
+    async def _release(self) -> None:
+        try:
+            await self.answers.store.release_follower_slot(self.owner, self.conversation_id, self.follow.seq, self.slot)
+        except StoreError:
+            logger.warning("a follower slot could not be released", conversation_id=self.conversation_id)
 
     async def _relay(self, scope: Scope, send: Send) -> None:
         settings = self.answers.settings

@@ -19,8 +19,8 @@ from tests.harness.fake_openai import FakeOpenAI, deltas
 from tests.harness.ports import free_port
 from tests.harness.processes import ChildProcess, wait_for_port
 from tests.harness.runtime_process import emulator, runtime_env
-from tests.harness.sam_cli import ROOT, sam_tool
-from tests.harness.support import decode_sse, unique
+from tests.harness.sam_cli import ROOT, sam_tool, template_environment
+from tests.harness.support import TEST_KEY, decode_sse, unique
 
 
 @contextmanager
@@ -38,9 +38,17 @@ def start_api(env: dict[str, str]) -> Iterator[str]:
             yield f"http://127.0.0.1:{port}"
 
 
+def readme_env(fake: FakeOpenAI, **env_json: str) -> dict[str, str]:
+    """The function's environment under `sam local start-api --env-vars env.json`: the template's
+    variables as SAM resolves them, then README's env.json (its key and model aimed at the fake)."""
+    readme = {"OPENAI_API_KEY": TEST_KEY, "OPENAI_API_KEY_SECRET_ID": "", "OPENAI_BASE_URL": fake.base_url}
+    readme |= {"CHAT_AUTH": "none", "CHAT_STORE_URL": "none", **env_json}
+    return runtime_env(fake, **{**template_environment(), **readme, "AWS_SAM_LOCAL": "true"})
+
+
 @pytest.fixture(scope="module")
 def local_api(fake: FakeOpenAI) -> Iterator[str]:
-    with start_api(runtime_env(fake, AWS_SAM_LOCAL="true")) as url:
+    with start_api(readme_env(fake)) as url:
         yield url
 
 
@@ -92,7 +100,7 @@ def local_api_with_table(fake: FakeOpenAI) -> Iterator[str]:
     table = unique("chat")
     with dynamodb.moto_server() as endpoint:
         dynamodb.create_table(dynamodb.client(endpoint), table)
-        with start_api(runtime_env(fake, AWS_SAM_LOCAL="true", **dynamodb.server_env(endpoint, table))) as url:
+        with start_api(readme_env(fake, **dynamodb.server_env(endpoint, table))) as url:
             yield url
 
 

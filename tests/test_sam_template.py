@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -227,3 +228,60 @@ def test_a_default_deploy_has_a_deployment_wide_daily_cap_and_no_per_caller_budg
     assert variables["CHAT_BUDGET_TOKENS_PER_DAY"] == variables["CHAT_BUDGET_TOKENS_PER_MONTH"] == ""
     plain = {name: value for name, value in variables.items() if isinstance(value, str)}
     assert Settings.from_env(plain).budget_tokens_per_day is None  # empty = no budget, not an error
+
+
+# SAM's own translator (in SAM CLI's virtualenv) turns the template into what CloudFormation deploys.
+REST_ROUTES = """
+import json, sys
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+class Policies:
+    def load(self):
+        return {"AWSLambdaBasicExecutionRole": "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"}
+
+template = yaml_parse(open("template.yaml").read())
+template["Resources"]["ChatFunction"]["Properties"]["CodeUri"] = "s3://bucket/chat.zip"
+deployed = transform(template, {"AuthMode": sys.argv[1]}, Policies())
+routes = {}
+for resource in deployed["Resources"].values():
+    if resource["Type"] == "AWS::ApiGateway::RestApi":
+        for path, methods in resource["Properties"]["Body"]["paths"].items():
+            for method, spec in methods.items():
+                integration = spec["x-amazon-apigateway-integration"]
+                routes[f"{method.upper()} {path}"] = {
+                    "iam": spec.get("security") == [{"AWS_IAM": []}],
+                    "credentials": integration.get("credentials"),
+                    "streamed": integration.get("responseTransferMode") == "STREAM",
+                }
+print(json.dumps(routes))
+"""
+
+
+@pytest.mark.parametrize("auth_mode", ["TOKEN", "AWS_IAM"])
+def test_the_rest_api_invokes_the_function_itself_and_streams_what_the_runtime_streams(auth_mode: str) -> None:
+    """A caller needs only execute-api:Invoke: API Gateway calls the function under its resource policy.
+    (SAM's default for AWS_IAM routes passes the caller's credentials on, which lambda:InvokeFunction
+    would then have to allow for every caller.)"""
+    result = run(
+        [sam_tool("python"), "-c", REST_ROUTES, auth_mode], env={**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    assert result.returncode == 0, result.stderr
+    routes = json.loads(result.stdout)
+    assert set(routes) == {
+        "POST /api/chat/stream",
+        "GET /api/conversations",
+        "GET /api/conversations/{conversation_id}",
+        "DELETE /api/conversations/{conversation_id}",
+        "POST /api/conversations/{conversation_id}/stop",
+        "GET /api/conversations/{conversation_id}/stream",
+        "GET /api/usage",
+        "GET /",
+        "GET /static/{name}",
+    }
+    assert all(route["credentials"] is None for route in routes.values())
+    public = {"GET /", "GET /static/{name}"}
+    assert all(route["iam"] for name, route in routes.items() if name not in public)
+    streamed = {name for name, route in routes.items() if route["streamed"]}
+    variables = Deploy(AuthMode=auth_mode).function("Environment")["Variables"]
+    assert streamed == {route.strip() for route in variables["CHAT_REST_STREAMING_ROUTES"].split(",")}

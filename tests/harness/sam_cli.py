@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,23 @@ def build_package(artifacts: Path, arch: str) -> Path:
     result = lambda_python.build_package(artifacts, arch)
     assert result.returncode == 0, result.stdout + result.stderr
     return artifacts
+
+
+_FUNCTION_ENVIRONMENT = """
+import json
+from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+stacks, _ = SamLocalStackProvider.get_stacks("template.yaml")
+print(json.dumps(SamFunctionProvider(stacks).get("ChatFunction").environment["Variables"]))
+"""
+
+
+def template_environment() -> dict[str, str]:
+    """ChatFunction's variables as `sam local` resolves them from template.yaml (default parameters),
+    less the exec wrapper's path, which exists only inside SAM's container."""
+    command = [str(sam_tool("python")), "-c", _FUNCTION_ENVIRONMENT]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    variables: dict[str, str] = json.loads(result.stdout)
+    variables.pop("AWS_LAMBDA_EXEC_WRAPPER")
+    return variables

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,3 +133,24 @@ def test_cors_allows_only_configured_origins(fake: FakeOpenAI) -> None:
         )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_client_on_another_origin_can_continue_and_resume_a_conversation(fake: FakeOpenAI, tmp_path: Path) -> None:
+    """It must read X-Conversation-Id (and Retry-After) and may send Last-Event-ID to resume."""
+    origin = {"origin": "https://app.example"}
+    settings = settings_for(fake, cors_allow_origins=("https://app.example",), store_url=f"sqlite:///{tmp_path / 'c'}")
+    with app_server(settings) as server:
+        message = fake.script(unique(), deltas("hi"))
+        answer = post_stream(server.url, {"message": message, "store": True}, headers=origin)
+        preflight = httpx.options(
+            f"{server.url}/api/conversations/{answer.headers['x-conversation-id']}/stream",
+            headers={
+                **origin,
+                "access-control-request-method": "GET",
+                "access-control-request-headers": "last-event-id",
+            },
+        )
+    exposed = {name.strip() for name in answer.headers["access-control-expose-headers"].split(",")}
+    assert {"x-conversation-id", "retry-after"} <= exposed
+    assert preflight.status_code == 200
+    assert "last-event-id" in preflight.headers["access-control-allow-headers"].lower()

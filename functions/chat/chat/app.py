@@ -339,7 +339,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
             JSONRefusalCORS,
             allow_origins=list(settings.cors_allow_origins),
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["authorization", "content-type"],
+            allow_headers=["authorization", "content-type", "last-event-id"],
+            # What a client elsewhere must read: the conversation to continue, and how long to wait.
+            expose_headers=["x-conversation-id", "retry-after"],
             max_age=600,
         )
     app.add_middleware(SecurityHeaders)  # added last = outermost: CORS preflight answers get them too

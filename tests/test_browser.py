@@ -375,6 +375,38 @@ def test_new_chat_starts_an_empty_conversation(either_chat: Tab, fake: FakeOpenA
     assert fake.requests_for(fresh)[-1].json["messages"] == [{"role": "user", "content": fresh}]
 
 
+def test_new_chat_before_the_model_answers_leaves_the_old_conversation_behind(
+    chat: Tab, fake: FakeOpenAI, site: str
+) -> None:
+    """The service names the conversation only when the model answers (or a stop arrives): the old
+    request's late headers must not pull the new chat back into the old conversation."""
+    first = unique("old-topic")
+    chat.send(first)
+    chat.wait_idle()
+    old = chat.conversation_id
+    slow = fake.script(unique("slow-start"), [Sleep(4), *paced("LATE")])
+    chat.send(slow)
+    deadline = time.monotonic() + 10
+    while not fake.requests_for(slow) and time.monotonic() < deadline:
+        chat.page.wait_for_timeout(50)
+    chat.button("New chat").click()
+    expect(chat.turns).to_have_count(0)
+    expect(chat.button("Send")).to_be_visible(timeout=1500)  # usable now, not when the old answer ends
+    assert fake.requests_for(slow)[-1].closed_event.wait(10), "the old answer was not stopped"
+    chat.page.wait_for_timeout(500)  # the old request's response has reached the page
+    assert chat.conversation_id == ""
+    fresh = unique("fresh-topic")
+    chat.send(fresh)
+    chat.wait_idle()
+    expect(chat.turns).to_have_count(2)
+    assert fake.requests_for(fresh)[-1].json["messages"] == [{"role": "user", "content": fresh}]
+    assert chat.conversation_id not in ("", old)
+    with httpx.Client() as client:
+        kept = client.get(f"{site}/api/conversations/{old}").json()["messages"]
+    assert [m["content"] for m in kept[:3]] == [first, kept[1]["content"], slow]
+    assert kept[3]["status"] == "stopped"
+
+
 def test_the_list_opens_a_conversation_with_its_messages(chat: Tab, fake: FakeOpenAI) -> None:
     first = fake.script(unique("topic-a"), deltas("About A."))
     chat.send(first)

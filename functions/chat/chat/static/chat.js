@@ -445,6 +445,7 @@ function listInPage() {
 
 async function openConversation(id) {
   stop();
+  finish();
   clearProblem();
   let response;
   try {
@@ -520,6 +521,8 @@ async function send(text) {
   scrollToEnd();
   const busy = { controller: new AbortController(), stopped: false, id: state.id };
   state.busy = busy;
+  // New chat or another conversation detaches this request: from then on it changes nothing on screen or in the URL.
+  const current = () => state.busy === busy;
   setBusy(true);
   announce("Sending your message.");
   const removePending = () => {
@@ -537,11 +540,13 @@ async function send(text) {
       signal: busy.controller.signal,
     });
   } catch {
+    if (!current()) return;
     removePending();
     finish();
     if (!busy.stopped) showProblem(LOST, () => send(text));
     return;
   }
+  if (!current()) return;
   if (!response.ok || !(response.headers.get("content-type") || "").startsWith("text/event-stream")) {
     removePending();
     finish();
@@ -604,6 +609,7 @@ async function send(text) {
       lost = true;
     }
   }
+  if (!current()) return;
   if (!ending && lost) ending = busy.stopped ? { stopped: true } : { problem: LOST };
   if (!ending) ending = busy.stopped ? { stopped: true } : { problem: "The answer was cut off: the connection closed before it finished." };
   answer.status = ending.done ? "complete" : ending.stopped ? "stopped" : "error";
@@ -665,6 +671,7 @@ function stop() {
 
 function newChat() {
   stop();
+  finish();
   clearProblem();
   state.messages = [];
   if (state.stored) setCurrent(null);

@@ -322,6 +322,25 @@ def test_stop_ends_the_answer_and_closes_the_upstream_request(either_chat: Tab, 
         expect(chat.answer).to_contain_text("Stopped.")
 
 
+def test_stop_before_a_new_conversations_first_word_stops_it_on_the_service(chat: Tab, fake: FakeOpenAI) -> None:
+    """The first turn is resumable but has no id until the model answers: aborting alone left the
+    service writing (and paying for) the whole answer unseen."""
+    key = fake.script(unique("stop-first"), [Sleep(2), *paced("Working", *[" on it"] * 100, pause=0.2)])
+    chat.send(key)
+    deadline = time.monotonic() + 10
+    while not fake.requests_for(key) and time.monotonic() < deadline:
+        chat.page.wait_for_timeout(50)
+    chat.button("Stop").click()
+    record = fake.requests_for(key)[-1]
+    assert record.closed_event.wait(10), "the model's request was not closed after Stop"
+    expect(chat.answer).to_contain_text("Stopped.")
+    chat.wait_idle()
+    assert f"{chat.origin}/api/conversations/{chat.conversation_id}/stop" in chat.requests
+    partial = chat.conversation()[-1]
+    assert partial["status"] == "stopped"
+    assert len(partial["content"]) < len("Working" + " on it" * 100)
+
+
 # ---------------------------------------------------------------- conversation
 
 

@@ -519,7 +519,7 @@ async function send(text) {
   const userView = addTurn(user);
   const answerView = addTurn(answer);
   scrollToEnd();
-  const busy = { controller: new AbortController(), stopped: false, id: state.id };
+  const busy = { controller: new AbortController(), stopped: false, id: state.id, stored: state.stored };
   state.busy = busy;
   // New chat or another conversation detaches this request: from then on it changes nothing on screen or in the URL.
   const current = () => state.busy === busy;
@@ -546,6 +546,9 @@ async function send(text) {
     if (!busy.stopped) showProblem(LOST, () => send(text));
     return;
   }
+  const started = busy.stored && !busy.id;
+  busy.id = response.headers.get("x-conversation-id") || busy.id;
+  if (started && busy.stopped && response.ok) halt(busy); // stopped before the service named the conversation
   if (!current()) return;
   if (!response.ok || !(response.headers.get("content-type") || "").startsWith("text/event-stream")) {
     removePending();
@@ -562,8 +565,6 @@ async function send(text) {
   }
 
   // Accepted: from here the turn belongs to the conversation, and the typed text has been sent.
-  const started = state.stored && !state.id;
-  busy.id = response.headers.get("x-conversation-id") || state.id;
   if (started && busy.id) setCurrent(busy.id);
   state.messages.push(user, answer);
   saveConversation();
@@ -643,13 +644,19 @@ function finish() {
 /**
  * Stop the answer. A stored conversation is also stopped through the service, which ends the
  * stream itself (on Lambda a closed connection is not noticed); the request is aborted when the
- * service has nothing to stop, cannot be asked, or takes more than 3 s.
+ * service has nothing to stop, cannot be asked, or takes more than 3 s. A new stored conversation
+ * has no id until the model answers: aborting would leave its resumable answer running unseen,
+ * so send() stops it when the id arrives.
  */
 function stop() {
   const busy = state.busy;
   if (!busy || busy.stopped) return;
   busy.stopped = true;
   announce("Stopping.");
+  if (busy.id || !busy.stored) halt(busy);
+}
+
+function halt(busy) {
   if (!busy.id) {
     busy.controller.abort();
     return;

@@ -426,6 +426,17 @@ def test_new_chat_before_the_model_answers_leaves_the_old_conversation_behind(
     assert kept[3]["status"] == "stopped"
 
 
+def test_a_malformed_fragment_opens_a_working_new_chat(chromium: Browser, site: str, fake: FakeOpenAI) -> None:
+    with tab(chromium, site, fragment="#%E0") as chat:
+        expect(chat.conversations).to_be_visible()
+        key = fake.script(unique("after-bad-fragment"), deltas("Still ", "working."))
+        chat.send(key)
+        expect(chat.answer).to_contain_text("Still working.")
+        chat.wait_idle()
+        assert fake.requests_for(key)[-1].json["messages"] == [{"role": "user", "content": key}]
+        assert chat.errors == []
+
+
 def test_the_list_opens_a_conversation_with_its_messages(chat: Tab, fake: FakeOpenAI) -> None:
     first = fake.script(unique("topic-a"), deltas("About A."))
     chat.send(first)

@@ -374,7 +374,12 @@ async function refused(response, retry) {
 // ---------------------------------------------------------------- conversations (stored)
 
 function idFromHash() {
-  const id = decodeURIComponent(location.hash.slice(1));
+  let id;
+  try {
+    id = decodeURIComponent(location.hash.slice(1));
+  } catch {
+    return null; // a malformed fragment (#%E0) names no conversation
+  }
   return /^[\w-]{1,128}$/.test(id) ? id : null;
 }
 
@@ -764,4 +769,5 @@ $("key-form").addEventListener("submit", (event) => {
 $("key-cancel").addEventListener("click", () => keyDialog.close());
 
 input.focus();
-const ready = start();
+// A start that failed still lets messages go (else every Send would do nothing, silently).
+const ready = start().catch((error) => console.error(error));

@@ -707,6 +707,31 @@ def test_with_a_token_the_page_asks_for_a_key_once_and_keeps_it_for_the_tab(
         assert key not in chat.page.url
 
 
+def test_a_key_with_an_invisible_character_is_refused_in_the_dialog(
+    chromium: Browser, fake: FakeOpenAI, tmp_path: Any
+) -> None:
+    """A pasted zero-width space cannot go in a header: stored, it failed every request as a lost connection."""
+    settings = settings_for(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", auth="keys")
+    status, lines = keys_tool.run(["create", "paste-user"], settings)
+    assert status == 0, lines
+    key = lines[-1]
+    with AppServer(settings) as server, tab(chromium, server.url) as chat:
+        dialog = chat.page.get_by_role("dialog", name="API key")
+        expect(dialog).to_be_visible()
+        dialog.get_by_role("textbox", name="API key").fill(key + "\u200b")
+        dialog.get_by_role("button", name="Use key").click()
+        expect(dialog).to_contain_text("That is not an API key")
+        assert chat.page.evaluate("sessionStorage.getItem('chat-stream.key')") is None
+        dialog.get_by_role("textbox", name="API key").fill(key)
+        dialog.get_by_role("button", name="Use key").click()
+        expect(dialog).to_be_hidden()
+        expect(chat.conversations).to_be_visible()
+        chat.send(unique("pasted"))
+        chat.wait_idle()
+        expect(chat.answer).to_contain_text("offline demo model")
+        expect(chat.problem).to_have_count(0)
+
+
 # ---------------------------------------------------------------- keyboard, CSP, layout
 
 

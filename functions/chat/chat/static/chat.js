@@ -759,6 +759,12 @@ $("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const key = keyInput.value.trim();
   if (!key) return;
+  // A header carries only these characters: any other (a pasted zero-width space) failed every request as "connection lost".
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    $("key-reason").textContent = "That is not an API key: it has spaces or characters outside plain ASCII. Paste the key again.";
+    keyInput.focus();
+    return;
+  }
   sessionStorage.setItem(KEY_STORAGE, key);
   keyDialog.close();
   const then = state.afterKey;

@@ -732,6 +732,34 @@ def test_a_key_with_an_invisible_character_is_refused_in_the_dialog(
         expect(chat.problem).to_have_count(0)
 
 
+def test_a_cancelled_key_dialog_still_keeps_the_conversation(
+    chromium: Browser, fake: FakeOpenAI, tmp_path: Any
+) -> None:
+    """Cancel, then write: the key asked for then must also load the conversations, or the chat goes out unsaved."""
+    settings = settings_for(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", auth="keys")
+    status, lines = keys_tool.run(["create", "cancel-user"], settings)
+    assert status == 0, lines
+    key = lines[-1]
+    with AppServer(settings) as server, tab(chromium, server.url) as chat:
+        dialog = chat.page.get_by_role("dialog", name="API key")
+        expect(dialog).to_be_visible()
+        dialog.get_by_role("button", name="Cancel").click()
+        expect(dialog).to_be_hidden()
+        typed = unique("after-cancel")
+        chat.send(typed)
+        expect(dialog).to_be_visible()
+        dialog.get_by_role("textbox", name="API key").fill(key)
+        dialog.get_by_role("button", name="Use key").click()
+        expect(chat.answer).to_contain_text("offline demo model")
+        chat.wait_idle()
+        expect(chat.conversations).to_be_visible()
+        expect(chat.conversations.get_by_role("link", name=typed)).to_be_visible()
+        with httpx.Client() as client:
+            listed = client.get(f"{server.url}/api/conversations", headers={"authorization": f"Bearer {key}"}).json()
+        assert [c["title"] for c in listed["conversations"]] == [typed]
+        assert chat.conversation_id == listed["conversations"][0]["id"]
+
+
 # ---------------------------------------------------------------- keyboard, CSP, layout
 
 

@@ -696,9 +696,11 @@ function newChat() {
 
 // ---------------------------------------------------------------- start
 
-/** Stored conversations when the service keeps them (it says so in the page it serves), else this tab keeps one. */
-async function start() {
-  if (document.documentElement.dataset.conversations !== "on") {
+const conversationsOn = () => document.documentElement.dataset.conversations === "on";
+
+/** Stored conversations when the service keeps them (it says so in the page it serves), else this tab keeps one; then `then`. */
+async function start(then = null) {
+  if (!conversationsOn()) {
     state.messages = loadStateless();
     renderConversation();
     return;
@@ -711,11 +713,11 @@ async function start() {
     try {
       response = await loadList();
     } catch {
-      showProblem(LOST, start);
+      showProblem(LOST, () => start(then));
       return;
     }
     if (!response.ok) {
-      await refused(response, start);
+      await refused(response, () => start(then));
       return;
     }
   }
@@ -724,11 +726,14 @@ async function start() {
   listToggle.hidden = false;
   const id = idFromHash();
   if (id) await openConversation(id);
+  then?.();
 }
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();
-  ready.then(() => send(input.value));
+  const text = input.value;
+  // Conversations are on but never loaded (the key dialog was cancelled): load them first, or the message goes unsaved.
+  ready.then(() => (state.stored || !conversationsOn() ? send(text) : start(() => send(text))));
 });
 input.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {

@@ -437,6 +437,28 @@ def test_a_malformed_fragment_opens_a_working_new_chat(chromium: Browser, site: 
         assert chat.errors == []
 
 
+def test_new_chat_during_a_new_conversations_first_wait_stops_that_answer(
+    chat: Tab, fake: FakeOpenAI, site: str
+) -> None:
+    """Left before the service named it, the first answer is still stopped there, and the page stays in the new chat."""
+    slow = fake.script(unique("left-early"), [Sleep(2), *paced("Working", *[" on it"] * 100, pause=0.2)])
+    chat.send(slow)
+    deadline = time.monotonic() + 10
+    while not fake.requests_for(slow) and time.monotonic() < deadline:
+        chat.page.wait_for_timeout(50)
+    chat.button("New chat").click()
+    expect(chat.turns).to_have_count(0)
+    assert fake.requests_for(slow)[-1].closed_event.wait(10), "the left answer was not stopped"
+    chat.page.wait_for_timeout(500)
+    assert chat.conversation_id == ""
+    expect(chat.turns).to_have_count(0)
+    with httpx.Client() as client:
+        listed = client.get(f"{site}/api/conversations").json()["conversations"]
+        left = next(c for c in listed if c["title"] == slow)
+        kept = client.get(f"{site}/api/conversations/{left['id']}").json()["messages"]
+    assert kept[-1]["status"] == "stopped"
+
+
 def test_the_list_opens_a_conversation_with_its_messages(chat: Tab, fake: FakeOpenAI) -> None:
     first = fake.script(unique("topic-a"), deltas("About A."))
     chat.send(first)

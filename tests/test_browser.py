@@ -19,6 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Route, expect, sync_playwright
 
+from chat.config import Settings
 from tests.harness.browser import HOW_TO_GET, LAUNCH_ARGS, find_chromium
 from tests.harness.cutting_proxy import cutting_proxy
 from tests.harness.fake_openai import Delta, FakeOpenAI, Reply, Reset, Sleep, deltas, openai_error
@@ -674,6 +675,14 @@ def test_a_dropped_connection_mid_answer_reconnects_and_misses_nothing(
 # ---------------------------------------------------------------- auth
 
 
+def keyed(fake: FakeOpenAI, store_url: str, name: str) -> tuple[Settings, str]:
+    """Settings with CHAT_AUTH=keys (what AuthMode=TOKEN deploys) and a key made with `tools.keys`."""
+    settings = settings_for(fake, store_url=store_url, auth="keys")
+    status, lines = keys_tool.run(["create", name], settings)
+    assert status == 0, lines
+    return settings, lines[-1]
+
+
 @pytest.fixture(params=["named-key", "token-secret", "token-secret-stateless"])
 def token_site(
     request: pytest.FixtureRequest, aws: Any, fake: FakeOpenAI, tmp_path: Any
@@ -683,10 +692,7 @@ def token_site(
     stored = request.param != "token-secret-stateless"
     store_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}" if stored else "none"
     if request.param == "named-key":
-        settings = settings_for(fake, store_url=store_url, auth="keys")
-        status, lines = keys_tool.run(["create", "page-user"], settings)
-        assert status == 0, lines
-        key = lines[-1]
+        settings, key = keyed(fake, store_url, "page-user")
     else:
         arn = aws.create_secret(Name="chat/page-token", SecretString=TOKEN)["ARN"]
         settings, key = settings_for(fake, auth_token_secret_id=arn, store_url=store_url), TOKEN
@@ -733,10 +739,7 @@ def test_a_key_with_an_invisible_character_is_refused_in_the_dialog(
     chromium: Browser, fake: FakeOpenAI, tmp_path: Any
 ) -> None:
     """A pasted zero-width space cannot go in a header: stored, it failed every request as a lost connection."""
-    settings = settings_for(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", auth="keys")
-    status, lines = keys_tool.run(["create", "paste-user"], settings)
-    assert status == 0, lines
-    key = lines[-1]
+    settings, key = keyed(fake, f"sqlite:///{tmp_path / 'chat.sqlite3'}", "paste-user")
     with AppServer(settings) as server, tab(chromium, server.url) as chat:
         dialog = chat.page.get_by_role("dialog", name="API key")
         expect(dialog).to_be_visible()
@@ -758,10 +761,7 @@ def test_a_cancelled_key_dialog_still_keeps_the_conversation(
     chromium: Browser, fake: FakeOpenAI, tmp_path: Any
 ) -> None:
     """Cancel, then write: the key asked for then must also load the conversations, or the chat goes out unsaved."""
-    settings = settings_for(fake, store_url=f"sqlite:///{tmp_path / 'chat.sqlite3'}", auth="keys")
-    status, lines = keys_tool.run(["create", "cancel-user"], settings)
-    assert status == 0, lines
-    key = lines[-1]
+    settings, key = keyed(fake, f"sqlite:///{tmp_path / 'chat.sqlite3'}", "cancel-user")
     with AppServer(settings) as server, tab(chromium, server.url) as chat:
         dialog = chat.page.get_by_role("dialog", name="API key")
         expect(dialog).to_be_visible()

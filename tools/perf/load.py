@@ -199,19 +199,21 @@ def format_report(report: Report) -> str:
     faults_table = markdown_table(["fault", "expected", "client saw", "pass"], fault_rows)
     options = ", ".join(f"{f.name}={getattr(report.options, f.name)}" for f in fields(report.options))
     lines = ["Options: " + options, "", "Load", load, *errors, "", "Faults", faults_table]
-    row = report.conversations
-    if row is not None:
-        cells = [cell.format(r=row) for _, cell in conversations.COLUMNS] + [_verdict(row.passed)]
-        lines += ["", "Conversations (DynamoDB on moto's server)"]
-        lines.append(markdown_table([heading for heading, _ in conversations.COLUMNS] + ["pass"], [cells]))
-        lines += [f"first error: {row.first_error}"] if row.first_error else []
-    resumed = report.resumable
-    if resumed is not None:
-        cells = [cell.format(r=resumed) for _, cell in resumable.COLUMNS] + [_verdict(resumed.passed)]
-        lines += ["", "Resumable answers (two app processes, DynamoDB on moto's server)"]
-        lines.append(markdown_table([heading for heading, _ in resumable.COLUMNS] + ["pass"], [cells]))
-        lines += [f"first error: {resumed.first_error}"] if resumed.first_error else []
+    if report.conversations is not None:
+        lines += _round("Conversations (DynamoDB on moto's server)", conversations.COLUMNS, report.conversations)
+    if report.resumable is not None:
+        title = "Resumable answers (two app processes, DynamoDB on moto's server)"
+        lines += _round(title, resumable.COLUMNS, report.resumable)
     return "\n".join(lines)
+
+
+def _round(
+    title: str, columns: Sequence[tuple[str, str]], row: conversations.ConversationRow | resumable.ResumableRow
+) -> list[str]:
+    """A one-row table of a stored round, its verdict, and its first error if any."""
+    cells = [cell.format(r=row) for _, cell in columns] + [_verdict(row.passed)]
+    table = markdown_table([heading for heading, _ in columns] + ["pass"], [cells])
+    return ["", title, table, *([f"first error: {row.first_error}"] if row.first_error else [])]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

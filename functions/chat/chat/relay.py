@@ -170,13 +170,13 @@ class ChatStream(Response):
         so a client that reads the end and then asks for its usage sees the counters reconciled."""
         if self.settling is None:
             self.outcome.usage = self.usage()
-            self.settling = asyncio.ensure_future(self._count(self.outcome.usage))
+            if self.on_end is None:  # nothing to count: settled, without a task
+                self.settling = asyncio.get_running_loop().create_future()
+                self.settling.set_result(None)
+            else:
+                self.settling = asyncio.ensure_future(self.on_end(self.outcome.usage))
         # Shielded: a client leaving mid-write must not cancel the reconciliation and leave the reservation charged.
         await asyncio.shield(self.settling)
-
-    async def _count(self, usage: Usage) -> None:
-        if self.on_end is not None:
-            await self.on_end(usage)
 
     def usage(self) -> Usage:
         """The tokens this request used: as the upstream reported them, else estimated from what was relayed."""

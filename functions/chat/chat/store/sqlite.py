@@ -8,8 +8,10 @@ Expired conversations are purged at most once an hour, by the process that write
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..sqlite_file import SQLiteFile
@@ -100,24 +102,26 @@ class SQLiteStore(Store):
         super().close()
         self._file.close()
 
-    def _write(self, now: float) -> sqlite3.Connection:
-        """Begin a write transaction (purging expired conversations first, hourly); the caller commits it
-        on success and rolls it back on any error, so a failure never leaves the file locked or half changed."""
+    @contextlib.contextmanager
+    def _write(self, now: float) -> Iterator[sqlite3.Connection]:
+        """One write transaction (purging expired conversations first, hourly): committed when the block
+        ends, rolled back on any error, so a failure never leaves the file locked or half changed."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
-        if now - self._last_purge >= PURGE_INTERVAL_SECONDS:
-            self._last_purge = now
-            expired = "SELECT owner, id FROM conversations WHERE expires_at <= ?"
-            try:
+        try:
+            if now - self._last_purge >= PURGE_INTERVAL_SECONDS:
+                self._last_purge = now
+                expired = "SELECT owner, id FROM conversations WHERE expires_at <= ?"
                 db.execute(f"DELETE FROM messages WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
                 db.execute(f"DELETE FROM locks WHERE (owner, conversation_id) IN ({expired})", (now,))  # noqa: S608
                 db.execute("DELETE FROM answer_events WHERE expires_at <= ?", (now,))
                 db.execute("DELETE FROM followers WHERE expires_at <= ?", (now,))
                 db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return db
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _summary(
         self, db: sqlite3.Connection, owner: str, conversation_id: str, now: float
@@ -172,8 +176,7 @@ class SQLiteStore(Store):
 
     def _begin_turn(self, start: TurnStart) -> None:
         owner, cid = owner_key(start.owner), start.conversation_id
-        db = self._write(start.now)
-        try:
+        with self._write(start.now) as db:
             stamp = iso(start.now)
             if start.title is not None:
                 db.execute(
@@ -205,15 +208,10 @@ class SQLiteStore(Store):
                 "UPDATE conversations SET updated_at = ?, expires_at = ? WHERE owner = ? AND id = ?",
                 (stamp, start.expires_at, owner, cid),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _finish_turn(self, end: TurnEnd) -> None:
         owner, cid = owner_key(end.owner), end.conversation_id
-        db = self._write(end.now)
-        try:
+        with self._write(end.now) as db:
             db.execute(
                 "DELETE FROM locks WHERE owner = ? AND conversation_id = ? AND turn_id = ?", (owner, cid, end.turn_id)
             )
@@ -242,27 +240,17 @@ class SQLiteStore(Store):
                         None if usage is None else usage.source,
                     ),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _request_stop(self, owner: str, conversation_id: str, now: float) -> StopResult:
         owner = owner_key(owner)
-        db = self._write(now)
-        try:
-            result: StopResult = "missing"
-            if self._summary(db, owner, conversation_id, now) is not None:
-                flagged = db.execute(
-                    "UPDATE locks SET stop = 1 WHERE owner = ? AND conversation_id = ? AND expires_at > ?",
-                    (owner, conversation_id, now),
-                )
-                result = "stopping" if flagged.rowcount else "idle"
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return result
+        with self._write(now) as db:
+            if self._summary(db, owner, conversation_id, now) is None:
+                return "missing"
+            flagged = db.execute(
+                "UPDATE locks SET stop = 1 WHERE owner = ? AND conversation_id = ? AND expires_at > ?",
+                (owner, conversation_id, now),
+            )
+            return "stopping" if flagged.rowcount else "idle"
 
     def _stop_requested(self, owner: str, conversation_id: str, turn_id: str) -> bool:
         row = (
@@ -277,8 +265,7 @@ class SQLiteStore(Store):
 
     def _delete(self, owner: str, conversation_id: str, now: float) -> bool:
         owner = owner_key(owner)
-        db = self._write(now)
-        try:
+        with self._write(now) as db:
             found = self._summary(db, owner, conversation_id, now) is not None
             if found:
                 for table, column in (
@@ -289,10 +276,6 @@ class SQLiteStore(Store):
                     ("conversations", "id"),
                 ):
                     db.execute(f"DELETE FROM {table} WHERE owner = ? AND {column} = ?", (owner, conversation_id))  # noqa: S608
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return found
 
     def _write_events(self, batch: EventBatch) -> None:
@@ -343,8 +326,7 @@ class SQLiteStore(Store):
         self, owner: str, conversation_id: str, seq: int, slots: int, until: float, now: float
     ) -> int | None:
         key = owner_key(owner)
-        db = self._write(now)
-        try:
+        with self._write(now) as db:
             taken = {
                 row[0]
                 for row in db.execute(
@@ -357,10 +339,6 @@ class SQLiteStore(Store):
                 db.execute(
                     "INSERT OR REPLACE INTO followers VALUES (?, ?, ?, ?, ?)", (key, conversation_id, seq, free, until)
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return free
 
     def _release_follower_slot(self, owner: str, conversation_id: str, seq: int, slot: int) -> None:

@@ -829,7 +829,7 @@ def test_the_pages_csp_blocks_an_inline_script(chat: Tab) -> None:
 def test_screenshots_at_desktop_and_phone_widths_in_light_and_dark(
     chromium: Browser, fake: FakeOpenAI, tmp_path: Any
 ) -> None:
-    """A fresh store, so the list shows only this test's conversations; screenshots in .artifacts/screenshots/."""
+    """A fresh store per view, so each list shows the same conversations; screenshots in .artifacts/screenshots/."""
     answer = [
         "Here is a function that streams a file in chunks:",
         "\n\n```python\ndef chunks(path, size=4096):\n    with open(path, 'rb') as f:\n",
@@ -838,11 +838,11 @@ def test_screenshots_at_desktop_and_phone_widths_in_light_and_dark(
     ]
     question = fake.script("How do I read a big file in chunks in Python?", paced(*answer))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with _site(fake, f"sqlite:///{tmp_path / 'chat.sqlite3'}") as server:
-        for earlier in ("Plan three days in Lisbon", "What is Server-Sent Events?"):
-            assert post_stream(server.url, {"message": earlier, "store": True}).status == 200
-        for width in (1280, 390, 360):
-            for scheme in ("light", "dark"):
+    for width in (1280, 390, 360):
+        for scheme in ("light", "dark"):
+            with _site(fake, f"sqlite:///{tmp_path / f'{width}-{scheme}.sqlite3'}") as server:
+                for earlier in ("Plan three days in Lisbon", "What is Server-Sent Events?"):
+                    assert post_stream(server.url, {"message": earlier, "store": True}).status == 200
                 options: dict[str, Any] = {"viewport": {"width": width, "height": 760}, "color_scheme": scheme}
                 with tab(chromium, server.url, **options) as chat:
                     expect(chat.page.locator("#conversation-list a", has_text="Lisbon")).to_have_count(1)
